@@ -1,0 +1,298 @@
+"""The checks of SPEC.md: Python frames PEM, OpenSSL parses keys (one call for a healthy pair)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ._apikey import validate_apikey
+from ._errors import BadInputError, OpenSSLError
+from ._files import READ_LIMIT, KeyPaths, read_bounded
+from ._openssl import OpenSSL
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+_PEM_RE = re.compile(
+    rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\r?\n(?P<body>.*?)-----END (?P=label)-----", re.S
+)
+_BEGIN_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_BITS_RE = re.compile(r"\((\d+) bit")
+_EXPONENT_RE = re.compile(r"(?:publicExponent|Exponent):\s*(\d+)")
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's result; ``name`` is stable (SPEC.md), ``message`` is for people."""
+
+    name: str
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class PemBlock:
+    """The first PEM block of a file, framed but not parsed."""
+
+    label: str
+    headers: str
+    der: bytes | None  # None when the Base64 body is corrupt
+
+
+def frame_pem(data: bytes) -> PemBlock | None:
+    """The first complete PEM block in ``data``; None when there is none. Never raises."""
+    m = _PEM_RE.search(data)
+    if not m:
+        return None
+    body = m.group("body").decode("ascii", "replace").replace("\r", "")
+    headers, _, b64 = body.rpartition("\n\n") if ":" in body.split("\n", 1)[0] else ("", "", body)
+    try:
+        der: bytes | None = base64.b64decode("".join(b64.split()), validate=True)
+    except (binascii.Error, ValueError):
+        der = None
+    return PemBlock(m.group("label").decode(), headers, der or None)
+
+
+@dataclass(frozen=True)
+class RsaFacts:
+    """What ``openssl rsa -check -text -pubout`` said of a private key."""
+
+    bits: int | None
+    exponent: int | None
+    public_der: bytes | None
+
+
+def parse_rsa_text(text: str) -> RsaFacts:
+    """Bits, exponent and the public key from OpenSSL's ``-text -pubout`` output; never raises.
+
+    Accepts 1.x (``RSA Private-Key: (2048 bit)``, ``publicExponent``), 3.x
+    (``Private-Key: (2048 bit, 2 primes)``) and public forms (``Public-Key:``, ``Exponent:``).
+    """
+    bits = _BITS_RE.search(text)
+    exponent = _EXPONENT_RE.search(text)
+    block = frame_pem(text.encode("utf-8", "replace"))
+    return RsaFacts(
+        int(bits.group(1)) if bits else None,
+        int(exponent.group(1)) if exponent else None,
+        block.der if block and block.label == "PUBLIC KEY" else None,
+    )
+
+
+def _mode_finding(name: str, path: str, fail: Status) -> Finding:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        msg = f"{path} is mode {mode:04o}: group/other can access it; run: chmod 600 {path}"
+        return Finding(name, fail, msg)
+    return Finding(name, "ok", f"mode {mode:04o}")
+
+
+def _read(path: str, what: str, prefix: str) -> tuple[bytes | None, list[Finding]]:
+    """Read a key file for checking; a finding (not an exception) for every way it can be absent."""
+    if not os.path.lexists(path):
+        return None, [Finding(f"{prefix}.exists", "fail", f"no {what} at {path}")]
+    if not os.path.exists(path):
+        return None, [Finding(f"{prefix}.exists", "fail", f"{path} is a dangling symlink")]
+    if not os.path.isfile(path):
+        return None, [Finding(f"{prefix}.exists", "fail", f"{path} is not a regular file")]
+    try:
+        data = read_bounded(path)
+    except OSError as exc:
+        return None, [Finding(f"{prefix}.exists", "fail", f"cannot read {path}: {exc.strerror}")]
+    link = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
+    return data, [Finding(f"{prefix}.exists", "ok", f"{path}{link}")]
+
+
+def _frame_problem(path: str, data: bytes) -> str | None:
+    """Why ``data`` is not a PEM file at all, or None."""
+    if len(data) > READ_LIMIT:
+        return f"{path} is over {READ_LIMIT // 1024} KiB: not a key file"
+    if not data.strip():
+        return f"{path} is empty"
+    if not _BEGIN_RE.search(data):
+        if data[:1] == b"\x30":
+            return f"{path} is DER (binary), not PEM"
+        return f"{path} is not PEM (no -----BEGIN line)"
+    return None
+
+
+_PRIVATE_LABELS = {
+    "PRIVATE KEY": "is PKCS#8 (BEGIN PRIVATE KEY); run: qredo-openssl convert",
+    "ENCRYPTED PRIVATE KEY": "is encrypted PKCS#8 (BEGIN ENCRYPTED PRIVATE KEY)",
+    "EC PRIVATE KEY": "is an EC key; Qredo needs RSA: run qredo-openssl keygen",
+    "PUBLIC KEY": "is a public key, not a private key",
+    "RSA PUBLIC KEY": "is a public key, not a private key",
+}
+
+
+def check_private(path: str, openssl: OpenSSL) -> tuple[list[Finding], bytes | None]:
+    """``private.*`` findings and the public key DER OpenSSL derived (None if it could not)."""
+    data, found = _read(path, "private key", "private")
+    if data is None:
+        skipped = ("format", "encrypted", "valid", "bits", "exponent", "mode")
+        return found + [Finding(f"private.{n}", "skip", "no private key") for n in skipped], None
+    mode = _mode_finding("private.mode", path, "fail")
+
+    def skip(why: str, *names: str) -> list[Finding]:
+        return [*(Finding(f"private.{n}", "skip", why) for n in names), mode]
+
+    problem = _frame_problem(path, data)
+    block = frame_pem(data) if problem is None else None
+    if problem is None and block is None:
+        begin = _BEGIN_RE.search(data)
+        what = begin.group(1).decode() if begin else "PEM"
+        problem = f"{path} is truncated: BEGIN {what} without its END line"
+    elif block is not None and block.der is None:
+        problem = f"{path} is corrupt: its Base64 body does not decode"
+    elif block is not None and block.label != "RSA PRIVATE KEY":
+        why = _PRIVATE_LABELS.get(block.label, f"is a PEM {block.label}, not an RSA PRIVATE KEY")
+        problem = f"{path} {why}"
+    if problem is not None:
+        found.append(Finding("private.format", "fail", problem))
+    elif data.startswith(BOM):
+        found.append(Finding("private.format", "warn", f"{path} starts with a UTF-8 BOM"))
+    else:
+        crlf = " with CRLF line endings" if b"\r\n" in data else ""
+        found.append(Finding("private.format", "ok", f"PKCS#1 PEM (RSA PRIVATE KEY){crlf}"))
+
+    # PKCS#8 fails the format check but OpenSSL can still read it: report the rest too.
+    label = block.label if block is not None and block.der is not None else None
+    encrypted = block is not None and (
+        "ENCRYPTED" in block.headers or block.label == "ENCRYPTED PRIVATE KEY"
+    )
+    if encrypted:
+        fix = f"openssl rsa -in {path} -traditional -out decrypted.pem"
+        msg = f"{path} is encrypted with a passphrase; the signing client needs it plain: {fix}"
+        found.append(Finding("private.encrypted", "fail", msg))
+        return found + skip("encrypted key not opened", "valid", "bits", "exponent"), None
+    if label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
+        why = "not an RSA private key"
+        return found + skip(why, "encrypted", "valid", "bits", "exponent"), None
+    found.append(Finding("private.encrypted", "ok", "not encrypted"))
+
+    try:
+        out = openssl.run("rsa", "-in", path, "-check", "-text", "-pubout")
+    except OpenSSLError as exc:
+        why = exc.stderr.strip().splitlines()[0] if exc.stderr.strip() else str(exc)
+        found.append(Finding("private.valid", "fail", f"OpenSSL cannot use {path}: {why}"))
+        return found + skip("key not loaded", "bits", "exponent"), None
+    text = out.stdout.decode("utf-8", "replace")
+    facts = parse_rsa_text(text)
+    if "RSA key ok" in text:
+        found.append(Finding("private.valid", "ok", "OpenSSL loads it: RSA key ok"))
+    else:
+        found.append(Finding("private.valid", "fail", f"OpenSSL's check of {path} did not pass"))
+    found.append(_bits_finding(facts.bits))
+    if facts.exponent == 65537:
+        found.append(Finding("private.exponent", "ok", "e = 65537"))
+    else:
+        found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
+    return [*found, mode], facts.public_der
+
+
+def _bits_finding(bits: int | None) -> Finding:
+    if bits == 2048:
+        return Finding("private.bits", "ok", "2048 bits")
+    if bits in (3072, 4096):
+        return Finding("private.bits", "warn", f"{bits} bits; Qredo documents 2048")
+    return Finding("private.bits", "fail", f"{bits} bits; Qredo needs 2048")
+
+
+def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSSL) -> list[Finding]:
+    """``public.*`` findings; ``derived`` is the public key DER of the private key, if known."""
+    data, found = _read(path, "public key", "public")
+    if data is None:
+        return [
+            *found,
+            Finding("public.format", "skip", "no public key"),
+            Finding("public.matches", "skip", "no public key"),
+        ]
+    problem = _frame_problem(path, data)
+    block = frame_pem(data) if problem is None else None
+    if problem is None and (block is None or block.der is None):
+        problem = f"{path} is truncated or corrupt"
+    elif problem is None and block is not None and block.label != "PUBLIC KEY":
+        fix = "run: qredo-openssl pubkey --force"
+        problem = f"{path} is a PEM {block.label}, not a PUBLIC KEY (SubjectPublicKeyInfo); {fix}"
+    if problem is not None:
+        return [
+            *found,
+            Finding("public.format", "fail", problem),
+            Finding("public.matches", "skip", "not a public key"),
+        ]
+    assert block is not None
+    if derived is not None and block.der == derived:
+        return [
+            *found,
+            Finding("public.format", "ok", "PEM PUBLIC KEY (SubjectPublicKeyInfo), RSA"),
+            Finding("public.matches", "ok", f"the public half of {private}"),
+        ]
+    try:  # only now is a second OpenSSL call needed: is it an RSA key at all?
+        out = openssl.run("rsa", "-pubin", "-in", path, "-noout", "-text")
+    except OpenSSLError as exc:
+        why = exc.stderr.strip().splitlines()[0] if exc.stderr.strip() else str(exc)
+        return [
+            *found,
+            Finding("public.format", "fail", f"{path} is not an RSA public key: {why}"),
+            Finding("public.matches", "skip", "not an RSA public key"),
+        ]
+    bits = parse_rsa_text(out.stdout.decode("utf-8", "replace")).bits
+    found.append(Finding("public.format", "ok", f"PEM PUBLIC KEY, RSA {bits} bits"))
+    if derived is None:
+        found.append(Finding("public.matches", "skip", "the private key could not be read"))
+    else:
+        msg = f"{path} is not the public half of {private}; run: qredo-openssl pubkey --force"
+        found.append(Finding("public.matches", "fail", msg))
+    return found
+
+
+def check_apikey(path: str) -> list[Finding]:
+    """``apikey.*`` findings; an absent API key is a skip (it is optional for key generation)."""
+    if not os.path.lexists(path):
+        skip = "no API key file (optional; save it with: qredo-openssl apikey)"
+        return [Finding("apikey.exists", "skip", skip)] + [
+            Finding(f"apikey.{n}", "skip", "no API key file") for n in ("format", "mode")
+        ]
+    data, found = _read(path, "API key", "apikey")
+    if data is None:
+        return found + [
+            Finding(f"apikey.{n}", "skip", "no API key file") for n in ("format", "mode")
+        ]
+    try:
+        if len(data) > READ_LIMIT:
+            msg = f"{path} is over {READ_LIMIT // 1024} KiB: not an API key"
+            raise BadInputError(msg)
+        text = data.decode("utf-8").strip()
+        if "\n" in text:
+            msg = "the API key file has more than one line"
+            raise BadInputError(msg)
+        info = validate_apikey(text)
+    except UnicodeDecodeError:
+        found.append(Finding("apikey.format", "fail", f"{path} is not text"))
+    except BadInputError as exc:
+        found.append(Finding("apikey.format", "fail", f"{path}: {exc}"))
+    else:
+        kid = f", key_id {info.key_id}" if info.key_id else ""
+        found.append(Finding("apikey.format", "ok", f"one line of {info.alphabet} Base64{kid}"))
+    found.append(_mode_finding("apikey.mode", path, "warn"))
+    return found
+
+
+def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
+    """Every check of SPEC.md on a key directory, in a stable order."""
+    private, derived = check_private(paths.private, openssl)
+    return [
+        *private,
+        *check_public(paths.public, derived, paths.private, openssl),
+        *check_apikey(paths.apikey),
+    ]
+
+
+def any_failed(findings: Sequence[Finding]) -> bool:
+    """True when any finding failed (``check`` then exits 1)."""
+    return any(f.status == "fail" for f in findings)

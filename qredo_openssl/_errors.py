@@ -1,0 +1,56 @@
+"""One exception base; each subclass carries the exit code SPEC.md gives it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class QredoOpenSSLError(Exception):
+    """Base of every error this package raises on purpose; ``exit_code`` is the CLI's."""
+
+    exit_code = 1
+
+
+class BadInputError(QredoOpenSSLError):
+    """A key file, API key or request the user gave us is not usable (exit 1)."""
+
+    exit_code = 1
+
+
+class UsageError(QredoOpenSSLError):
+    """The command line itself is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class OpenSSLError(QredoOpenSSLError):
+    """OpenSSL is missing, unusable, timed out or failed (exit 3).
+
+    ``stderr`` is OpenSSL's own full stderr, decoded; ``argv`` never holds a secret,
+    because nothing secret is ever put into argv.
+    """
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class RefusedOverwriteError(QredoOpenSSLError):
+    """A target file already exists and ``force`` was not given (exit 4)."""
+
+    exit_code = 4
+
+
+class Interrupted(BaseException):
+    """SIGTERM turned into an exception so that ``finally`` blocks clean up (exit 130)."""

@@ -1,0 +1,265 @@
+"""Key generation and repair: the two documented commands, run privately, checked, published."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ._checks import Finding, check_private, check_public, frame_pem
+from ._errors import BadInputError, Interrupted, OpenSSLError, QredoOpenSSLError
+from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
+from ._openssl import (
+    OpenSSL,
+    TraditionalDecision,
+    TraditionalMode,
+    decide_traditional,
+    kill_running,
+)
+
+QREDO_BITS = 2048
+ALLOWED_BITS = (2048, 3072, 4096)
+
+
+@dataclass(frozen=True)
+class KeygenPlan:
+    """What ``keygen`` will run: the exact argv (argv[0] is OpenSSL's path) and why."""
+
+    openssl: OpenSSL
+    traditional: TraditionalDecision
+    bits: int
+    commands: tuple[tuple[str, ...], ...]
+
+
+def plan_keygen(
+    openssl: OpenSSL, bits: int = QREDO_BITS, traditional: TraditionalMode = "auto"
+) -> KeygenPlan:
+    """The documented commands for this OpenSSL, ``-traditional`` only where it belongs.
+
+    They run inside a private temporary directory, so the file names are exactly the
+    documented ``private.pem`` and ``public.pem``.
+    """
+    if bits not in ALLOWED_BITS:
+        msg = f"--bits {bits} is not allowed; use 2048 (or 3072/4096)"
+        raise BadInputError(msg)
+    decision = decide_traditional(openssl, traditional)
+    flag = ("-traditional",) if decision.use else ()
+    genrsa = (openssl.path, "genrsa", *flag, "-out", "private.pem", str(bits))
+    pubout = (openssl.path, "rsa", "-in", "private.pem", "-outform", "PEM", "-pubout")
+    return KeygenPlan(openssl, decision, bits, (genrsa, (*pubout, "-out", "public.pem")))
+
+
+def fingerprint(public_pem: bytes) -> str:
+    """``SHA256:<base64>`` of the SubjectPublicKeyInfo DER, as ``ssh-keygen -l`` shows keys."""
+    block = frame_pem(public_pem)
+    if block is None or block.der is None:
+        msg = "not a PEM public key"
+        raise BadInputError(msg)
+    digest = hashlib.sha256(block.der).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class KeygenResult:
+    """One key directory's outcome: the published files and everything ``--json`` reports."""
+
+    paths: KeyPaths
+    bits: int
+    fingerprint: str
+    public_pem: str
+    backups: tuple[str, ...]
+    commands: tuple[tuple[str, ...], ...]
+    findings: tuple[Finding, ...]
+
+
+def _fail_message(findings: Sequence[Finding], plan: KeygenPlan | None) -> str:
+    first = next(f for f in findings if f.status == "fail")
+    msg = f"the new key failed its check {first.name}: {first.message}; nothing was kept"
+    if plan is not None and first.name == "private.format" and not plan.traditional.use:
+        msg += " (OpenSSL 3 writes PKCS#8 without -traditional: try --traditional always)"
+    return msg
+
+
+def _verified(paths: KeyPaths, openssl: OpenSSL, plan: KeygenPlan | None) -> list[Finding]:
+    """The checks on files as they landed; a fail raises (and the caller's publisher rolls back)."""
+    private, derived = check_private(paths.private, openssl)
+    findings = private + check_public(paths.public, derived, paths.private, openssl)
+    if any(f.status == "fail" for f in findings):
+        raise OpenSSLError(_fail_message(findings, plan))
+    return findings
+
+
+def _produced(tmp: str, name: str, argv: Sequence[str]) -> str:
+    path = os.path.join(tmp, name)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        msg = f"openssl {argv[1]} exited 0 but wrote no {name}"
+        raise OpenSSLError(msg, argv=argv)
+    return path
+
+
+def generate_keypair(
+    paths: KeyPaths, plan: KeygenPlan, *, force: bool = False, stop: threading.Event | None = None
+) -> KeygenResult:
+    """Make ``private.pem`` and ``public.pem`` as Qredo documents, never clobbering.
+
+    Nothing appears at a final name unless both files were made and pass their checks; with
+    ``force``, whatever was there is kept as ``NAME.YYYYmmddTHHMMSSZ.bak``.
+    """
+    for d in {os.path.dirname(paths.private) or ".", os.path.dirname(paths.public) or "."}:
+        ensure_dir(d)
+    if not force:
+        refuse_existing([paths.private, paths.public])
+    openssl = plan.openssl
+    with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
+        genrsa, pubout = plan.commands
+        openssl.run(*genrsa[1:], cwd=tmp)
+        private = _produced(tmp, "private.pem", genrsa)
+        openssl.run(*pubout[1:], cwd=tmp)
+        public = _produced(tmp, "public.pem", pubout)
+        os.chmod(public, 0o644)
+        if stop is not None and stop.is_set():
+            raise Interrupted
+        with publishing(force) as pub:
+            pub.publish(private, paths.private)  # private before public: never a lone public
+            pub.publish(public, paths.public)
+            findings = _verified(paths, openssl, plan)
+        with open(public, "rb") as f:
+            public_pem = f.read()
+    bits = plan.bits
+    return KeygenResult(
+        paths, bits, fingerprint(public_pem), public_pem.decode("ascii"),
+        tuple(pub.backups), plan.commands, tuple(findings),
+    )  # fmt: skip
+
+
+def generate_keypairs(
+    many: Sequence[KeyPaths],
+    plan: KeygenPlan,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    on_done: Callable[[KeyPaths, KeygenResult | QredoOpenSSLError], None] | None = None,
+) -> list[KeygenResult | QredoOpenSSLError]:
+    """:func:`generate_keypair` for many directories in parallel; results in input order.
+
+    An expected failure in one directory is returned in its place and does not stop the
+    others. On Ctrl-C or SIGTERM every OpenSSL child is killed and every worker cleans up
+    before the interrupt propagates.
+    """
+    stop = threading.Event()
+
+    def one(paths: KeyPaths) -> KeygenResult | QredoOpenSSLError:
+        try:
+            result: KeygenResult | QredoOpenSSLError = generate_keypair(
+                paths, plan, force=force, stop=stop
+            )
+        except QredoOpenSSLError as exc:
+            result = exc
+        if on_done is not None and not stop.is_set():
+            on_done(paths, result)
+        return result
+
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(many)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keygen")
+    futures = [pool.submit(one, p) for p in many]
+    try:
+        results = [f.result() for f in futures]
+    except BaseException:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        kill_running()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+_BLOCKING = ("private.exists", "private.encrypted", "private.valid")
+
+
+def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[list[Finding], bytes]:
+    """Check the private key is an unencrypted RSA key OpenSSL loads; bad input raises (exit 1)."""
+    findings, derived = check_private(paths.private, openssl)
+    for f in findings:
+        blocking = f.name in _BLOCKING or (f.name == "private.format" and "PKCS#8" not in f.message)
+        if f.status == "fail" and blocking:
+            raise BadInputError(f.message)
+    if derived is None:  # pragma: no cover - a loadable key always yields its public half
+        msg = f"OpenSSL did not derive a public key from {paths.private}"
+        raise OpenSSLError(msg)
+    return findings, derived
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What ``pubkey`` or ``convert`` did: the file written (None: nothing to do) and backups."""
+
+    written: str | None
+    backups: tuple[str, ...]
+    commands: tuple[tuple[str, ...], ...]
+    message: str
+
+
+def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
+    """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8)."""
+    ensure_dir(os.path.dirname(paths.public) or ".")
+    if not force:
+        refuse_existing([paths.public])
+    _, derived = _usable_private(paths, openssl)
+    source = os.path.abspath(paths.private)
+    argv = ("rsa", "-in", source, "-outform", "PEM", "-pubout", "-out", "public.pem")
+    with private_tempdir(os.path.dirname(paths.public) or ".") as tmp:
+        openssl.run(*argv, cwd=tmp)
+        public = _produced(tmp, "public.pem", (openssl.path, *argv))
+        os.chmod(public, 0o644)
+        with publishing(force) as pub:
+            pub.publish(public, paths.public)
+            _verify_public(paths, derived)
+    return RepairResult(
+        paths.public, tuple(pub.backups), ((openssl.path, *argv),), f"wrote {paths.public}"
+    )
+
+
+def _verify_public(paths: KeyPaths, derived: bytes) -> None:
+    with open(paths.public, "rb") as f:
+        block = frame_pem(f.read())
+    if block is None or block.der != derived:
+        msg = f"OpenSSL wrote a {paths.public} that is not the public half of {paths.private}"
+        raise OpenSSLError(msg)
+
+
+def convert_private(
+    paths: KeyPaths, openssl: OpenSSL, traditional: TraditionalMode = "auto"
+) -> RepairResult:
+    """Rewrite a PKCS#8 ``private.pem`` as PKCS#1; the original is kept as a backup.
+
+    ``rsa -traditional`` on OpenSSL 3, plain ``rsa`` on 1.x and LibreSSL (whose ``rsa``
+    writes PKCS#1 and rejects the flag). The key itself is unchanged, so ``public.pem`` still
+    matches.
+    """
+    findings, derived = _usable_private(paths, openssl)
+    if next(f for f in findings if f.name == "private.format").status != "fail":
+        return RepairResult(None, (), (), f"{paths.private} is already PKCS#1: nothing to do")
+    flag = ("-traditional",) if decide_traditional(openssl, traditional).use else ()
+    argv = ("rsa", "-in", os.path.abspath(paths.private), *flag, "-out", "private.pem")
+    with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
+        openssl.run(*argv, cwd=tmp)
+        new = _produced(tmp, "private.pem", (openssl.path, *argv))
+        with publishing(force=True) as pub:
+            pub.publish(new, paths.private)
+            after, again = check_private(paths.private, openssl)
+            bad = next((f for f in after if f.name == "private.format" and f.status != "ok"), None)
+            if bad is not None or again != derived:
+                why = bad.message if bad else "the key changed"
+                msg = f"conversion did not give the same PKCS#1 key ({why}); original restored"
+                raise OpenSSLError(msg)
+    backup = pub.backups[0]
+    return RepairResult(
+        paths.private, tuple(pub.backups), ((openssl.path, *argv),),
+        f"converted {paths.private} to PKCS#1; the original is kept as {backup}",
+    )  # fmt: skip
