@@ -4,7 +4,7 @@ The public API, used by the CLI too. Importing it is cheap: ``sh`` is loaded onl
 OpenSSL is first run.
 """
 
-from ._apikey import ApiKeyInfo, validate_apikey
+from ._apikey import ApiKeyInfo, SavedApiKey, read_apikey_input, save_apikey, validate_apikey
 from ._checks import Finding, PemBlock, Status, any_failed, check_keys, frame_pem, parse_rsa_text
 from ._errors import (
     BadInputError,
@@ -58,6 +58,7 @@ __all__ = [
     "QredoOpenSSLError",
     "RefusedOverwriteError",
     "RepairResult",
+    "SavedApiKey",
     "Status",
     "TraditionalDecision",
     "TraditionalMode",
@@ -78,5 +79,7 @@ __all__ = [
     "parse_rsa_text",
     "parse_version",
     "plan_keygen",
+    "read_apikey_input",
+    "save_apikey",
     "validate_apikey",
 ]

@@ -345,7 +345,28 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_apikey(args: argparse.Namespace, out: Output) -> int:
-    raise q.UsageError("apikey: not implemented yet")
+    # No OpenSSL here: saving the key must work (and never load sh) without it.
+    path = _key_paths(args, args.dir).apikey
+    if not args.force and os.path.lexists(path):
+        # Refuse before the secret is typed, not after; save_apikey refuses again, race-free.
+        msg = f"{path} already exists; refusing to overwrite (use --force to keep a backup)"
+        raise q.RefusedOverwriteError(msg)
+    saved = q.save_apikey(path, q.read_apikey_input(sys.stdin), force=args.force)
+    if out.json_mode:
+        out.json(
+            {
+                "path": saved.path,
+                "key_id": saved.key_id,
+                "alphabet": saved.alphabet,
+                "backups": list(saved.backups),
+            }
+        )
+        return 0
+    for b in saved.backups:
+        out.info(f"kept the old file as {b}")
+    kid = f"; key_id: {saved.key_id}" if saved.key_id is not None else ""
+    out.info(f"Saved {saved.path} (0600, {saved.alphabet} Base64){kid}")
+    return 0
 
 
 def cmd_sign(args: argparse.Namespace, out: Output) -> int:
