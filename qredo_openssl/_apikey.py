@@ -134,14 +134,21 @@ def read_apikey_input(
     so the key never shows on screen). Otherwise all of ``stdin``, at most ``limit`` bytes,
     UTF-8 (a leading byte-order mark, as Windows editors write, is dropped).
     """
-    stdin = sys.stdin if stdin is None else stdin
-    if stdin.isatty():
+    source: IO[str] | None = sys.stdin if stdin is None else stdin
+    if source is None:  # started with standard input closed (<&-)
+        msg = "standard input is closed: pipe the API key in, or run on a terminal"
+        raise BadInputError(msg)
+    if source.isatty():
         try:
             return getpass.getpass(prompt)
         except EOFError:  # Ctrl-D at the prompt
             return ""
-    buffer = getattr(stdin, "buffer", None)
-    data = buffer.read(limit + 1) if buffer is not None else stdin.read(limit + 1).encode()
+    buffer = getattr(source, "buffer", None)
+    try:
+        data = buffer.read(limit + 1) if buffer is not None else source.read(limit + 1).encode()
+    except OSError as exc:
+        msg = f"cannot read the API key from standard input: {exc.strerror}"
+        raise BadInputError(msg) from None
     if len(data) > limit:
         msg = f"standard input is over {limit // 1024} KiB: not an API key"
         raise BadInputError(msg)

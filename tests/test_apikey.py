@@ -162,6 +162,26 @@ def test_read_piped_input_refuses(data: bytes, reason: str) -> None:
         q.read_apikey_input(piped(data))
 
 
+def test_read_closed_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(q.BadInputError, match="standard input is closed"):
+        q.read_apikey_input()
+
+
+class _Unreadable(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_read_unreadable_stdin() -> None:
+    stream = io.TextIOWrapper(io.BufferedReader(_Unreadable()))
+    with pytest.raises(q.BadInputError, match="cannot read the API key from standard input"):
+        q.read_apikey_input(stream)
+
+
 @contextlib.contextmanager
 def umask(mask: int) -> Iterator[None]:
     old = os.umask(mask)
@@ -373,6 +393,18 @@ def test_cli_apikey_option_names_the_file(tmp_path: Path) -> None:
     r = run_cli("apikey", "--apikey", str(target), input=f"{K}\n".encode())
     assert r.returncode == 0, r.stderr
     assert target.read_bytes() == K.encode() + b"\n"
+
+
+def test_cli_with_stdin_closed(tmp_path: Path) -> None:
+    cmd = f'exec "$0" -m qredo_openssl apikey {tmp_path}/k <&-'
+    r = subprocess.run(
+        ["sh", "-c", cmd, sys.executable], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 1
+    assert (
+        r.stderr == "error: standard input is closed: pipe the API key in, or run on a terminal\n"
+    )
+    assert not (tmp_path / "k").exists()
 
 
 def test_cli_needs_no_openssl_and_never_loads_sh(tmp_path: Path) -> None:
