@@ -1,0 +1,108 @@
+"""Start-up paths load only what they use: no ``sh``, ``rich`` or ``asyncio`` where not needed.
+
+Real subprocesses under ``python -X importtime``, which lists every module a run imported.
+That list is the evidence; nothing here measures or asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("sh", "rich", "asyncio")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FORCE_COLOR", None)  # FORCE_COLOR would ask for rich even on a pipe
+    return env
+
+
+def imported(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> set[str]:
+    """Every module ``python -m qredo_openssl ARGS`` imported, output to pipes (no terminal)."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "qredo_openssl", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        env=_env() if env is None else env,
+        timeout=120,
+    )
+    mods = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in r.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "qredo_openssl._cli" in mods, r.stderr  # the listing really is there
+    return mods
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--version"], id="version"),
+        pytest.param(["--help"], id="help"),
+        pytest.param(["keygen", "--help"], id="keygen-help"),
+        pytest.param(["--json", "frobnicate"], id="json-usage-error"),
+        pytest.param(
+            ["--json", "--openssl", "/nonexistent/openssl", "check", "."], id="json-no-openssl"
+        ),
+    ],
+)
+def test_paths_without_openssl_import_nothing_heavy(args: list[str]) -> None:
+    mods = imported(*args)
+    assert [m for m in HEAVY if m in mods] == []
+
+
+def test_json_apikey_imports_nothing_heavy(tmp_path: Path) -> None:
+    key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
+    mods = imported("--json", "apikey", str(tmp_path / "k"), input=key + "\n")
+    assert (tmp_path / "k" / "apikey").exists()
+    assert [m for m in HEAVY if m in mods] == []
+
+
+@pytest.fixture
+def key_dir(keys, tmp_path: Path) -> Path:
+    d = tmp_path / "k"
+    d.mkdir(mode=0o700)
+    shutil.copyfile(keys.pkcs1, d / "private.pem")
+    shutil.copyfile(keys.public, d / "public.pem")
+    os.chmod(d / "private.pem", 0o600)
+    return d
+
+
+@pytest.mark.real_openssl
+@pytest.mark.parametrize(
+    "args", [pytest.param(["--json"], id="json"), pytest.param([], id="table")]
+)
+def test_check_on_a_pipe_does_not_import_rich(key_dir: Path, args: list[str]) -> None:
+    mods = imported(*args, "check", str(key_dir))
+    assert "sh" in mods  # it did run OpenSSL
+    assert "rich" not in mods
+
+
+@pytest.mark.real_openssl
+def test_sh_async_still_works_after_our_import() -> None:
+    """However ``sh`` is imported for us, its asyncio support must stay intact for others."""
+    code = (
+        "import sys\n"
+        "from qredo_openssl._openssl import _sh\n"
+        "sh = _sh()\n"
+        "import asyncio\n"
+        "assert asyncio.__file__\n"  # the real module, whatever stood in while sh loaded
+        "async def main():\n"
+        "    return await sh.Command(sys.argv[1])('version', _async=True)\n"
+        "print(asyncio.run(main()).strip())\n"
+    )
+    openssl = shutil.which("openssl")
+    assert openssl is not None
+    r = subprocess.run(
+        [sys.executable, "-c", code, openssl], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "SSL" in r.stdout
