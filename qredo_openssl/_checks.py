@@ -25,6 +25,14 @@ _BEGIN_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _BITS_RE = re.compile(r"\((\d+) bit")
 _EXPONENT_RE = re.compile(r"(?:publicExponent|Exponent):\s*(\d+)")
 BOM = b"\xef\xbb\xbf"
+# DER of the AlgorithmIdentifier OID rsaEncryption (1.2.840.113549.1.1.1). A PKCS#8 block
+# names its algorithm in its first few bytes: enough to tell an RSA key from an EC or
+# Ed25519 one (which ``convert`` cannot help) without parsing the key.
+RSA_OID = bytes.fromhex("06092a864886f70d010101")
+
+
+def _pkcs8_is_rsa(der: bytes | None) -> bool:
+    return der is not None and RSA_OID in der[:32]
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,8 @@ def _read(path: str, what: str, prefix: str) -> tuple[bytes | None, list[Finding
     if not os.path.exists(path):
         return None, [Finding(f"{prefix}.exists", "fail", f"{path} is a dangling symlink")]
     if not os.path.isfile(path):
-        return None, [Finding(f"{prefix}.exists", "fail", f"{path} is not a regular file")]
+        kind = "a directory" if os.path.isdir(path) else "not a regular file"
+        return None, [Finding(f"{prefix}.exists", "fail", f"{path} is {kind}, not a key file")]
     try:
         data = read_bounded(path)
     except OSError as exc:
@@ -141,38 +150,47 @@ def check_private(path: str, openssl: OpenSSL) -> tuple[list[Finding], bytes | N
     def skip(why: str, *names: str) -> list[Finding]:
         return [*(Finding(f"private.{n}", "skip", why) for n in names), mode]
 
+    # 1.x ``rsa`` writes PKCS#1 and has no -traditional; 3.x needs it (unknown: say it).
+    trad = "" if openssl.version.needs_traditional is False else " -traditional"
     problem = _frame_problem(path, data)
     block = frame_pem(data) if problem is None else None
-    if problem is None and block is None:
+    is_rsa = block is not None and block.der is not None and block.label == "RSA PRIVATE KEY"
+    if problem is not None and problem.endswith("not PEM") and data[:1] == b"\x30":
+        problem += f"; run: openssl rsa -inform DER -in {path}{trad} -out private.pem"
+    elif problem is None and block is None:
         begin = _BEGIN_RE.search(data)
         what = begin.group(1).decode() if begin else "PEM"
         problem = f"{path} is truncated: BEGIN {what} without its END line"
     elif block is not None and block.der is None:
         problem = f"{path} is corrupt: its Base64 body does not decode"
+    elif block is not None and block.label == "PRIVATE KEY" and not _pkcs8_is_rsa(block.der):
+        problem = f"{path} is PKCS#8 but not an RSA key (EC? Ed25519?); Qredo needs RSA: "
+        problem += "run qredo-openssl keygen"
     elif block is not None and block.label != "RSA PRIVATE KEY":
+        is_rsa = block.label == "PRIVATE KEY"  # PKCS#8 RSA: OpenSSL reads it, check the rest
         why = _PRIVATE_LABELS.get(block.label, f"is a PEM {block.label}, not an RSA PRIVATE KEY")
         problem = f"{path} {why}"
+    elif data.startswith(BOM):
+        # Go's pem.Decode (the signing client) and OpenSSL 1.x look for "-----BEGIN" at the
+        # start of a line, so a BOM hides the key from them; OpenSSL 3 skips it.
+        problem = f"{path} starts with a UTF-8 BOM, which hides the key from the signing "
+        problem += "client's PEM decoder; run: qredo-openssl convert"
     if problem is not None:
         found.append(Finding("private.format", "fail", problem))
-    elif data.startswith(BOM):
-        found.append(Finding("private.format", "warn", f"{path} starts with a UTF-8 BOM"))
     else:
-        crlf = " with CRLF line endings" if b"\r\n" in data else ""
+        crlf = " with CRLF line endings (accepted)" if b"\r\n" in data else ""
         found.append(Finding("private.format", "ok", f"PKCS#1 PEM (RSA PRIVATE KEY){crlf}"))
 
-    # PKCS#8 fails the format check but OpenSSL can still read it: report the rest too.
-    label = block.label if block is not None and block.der is not None else None
     encrypted = block is not None and (
         "ENCRYPTED" in block.headers or block.label == "ENCRYPTED PRIVATE KEY"
     )
     if encrypted:
-        fix = f"openssl rsa -in {path} -traditional -out decrypted.pem"
+        fix = f"openssl rsa -in {path}{trad} -out private.plain.pem (asks for the passphrase)"
         msg = f"{path} is encrypted with a passphrase; the signing client needs it plain: {fix}"
         found.append(Finding("private.encrypted", "fail", msg))
         return found + skip("encrypted key not opened", "valid", "bits", "exponent"), None
-    if label not in ("RSA PRIVATE KEY", "PRIVATE KEY"):
-        why = "not an RSA private key"
-        return found + skip(why, "encrypted", "valid", "bits", "exponent"), None
+    if not is_rsa:
+        return found + skip("see private.format", "encrypted", "valid", "bits", "exponent"), None
     found.append(Finding("private.encrypted", "ok", "not encrypted"))
 
     try:
@@ -185,14 +203,28 @@ def check_private(path: str, openssl: OpenSSL) -> tuple[list[Finding], bytes | N
     facts = parse_rsa_text(text)
     if "RSA key ok" in text:
         found.append(Finding("private.valid", "ok", "OpenSSL loads it: RSA key ok"))
-    else:
-        found.append(Finding("private.valid", "fail", f"OpenSSL's check of {path} did not pass"))
+    else:  # OpenSSL 3.0 exits 0 here, printing "RSA key not ok" and the reason on stderr
+        why = _error_reason(out.stderr.decode("utf-8", "replace")) or "RSA key not ok"
+        msg = f"{path} fails OpenSSL's consistency check ({why}): the key is corrupt"
+        found.append(Finding("private.valid", "fail", msg))
     found.append(_bits_finding(facts.bits))
     if facts.exponent == 65537:
         found.append(Finding("private.exponent", "ok", "e = 65537"))
     else:
         found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
     return [*found, mode], facts.public_der
+
+
+def _error_reason(stderr: str) -> str:
+    """The reason words of OpenSSL's first error-stack line, e.g. ``n does not equal p q``.
+
+    1.1.1 and 3.x both write ``<id>:error:<code>:<lib>:<func>:<reason>:<file>:<line>:``.
+    """
+    for line in stderr.splitlines():
+        parts = line.split(":")
+        if len(parts) > 5 and parts[1] == "error":
+            return parts[5].strip()
+    return ""
 
 
 def _bits_finding(bits: int | None) -> Finding:

@@ -256,6 +256,7 @@ def _repair_doc(r: q.RepairResult) -> dict[str, Any]:
         "backups": list(r.backups),
         "commands": [list(c) for c in r.commands],
         "message": r.message,
+        "warnings": list(r.warnings),
     }
 
 
@@ -263,14 +264,20 @@ def cmd_pubkey(args: argparse.Namespace, out: Output) -> int:
     openssl = _openssl(args)
     paths = _key_paths(args, args.dir)
     r = q.derive_public(paths, openssl, force=args.force)
+    with open(paths.public) as f:  # just written and checked by derive_public: a few hundred bytes
+        public_pem = f.read()
     if out.json_mode:
-        out.json(_repair_doc(r))
+        doc = _repair_doc(r)
+        doc.update(public_pem=public_pem, fingerprint=q.fingerprint(public_pem.encode()))
+        out.json(doc)
         return 0
-    with open(paths.public) as f:
-        out.data(f.read())
+    out.data(public_pem)
     for b in r.backups:
         out.info(f"kept the old file as {b}")
     out.info(r.message)
+    out.info(f"Fingerprint: {q.fingerprint(public_pem.encode())}")
+    for w in r.warnings:
+        out.warn(w)
     return 0
 
 
@@ -281,6 +288,8 @@ def cmd_convert(args: argparse.Namespace, out: Output) -> int:
         out.json(_repair_doc(r))
     else:
         out.info(r.message)
+        for w in r.warnings:
+            out.warn(w)
     return 0
 
 
@@ -291,6 +300,13 @@ def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
 def _show_findings(findings: Sequence[q.Finding], out: Output) -> None:
     if not out.json_mode and not out.quiet:
         out.table([(f.status, f.name, f.message) for f in findings], ("status", "check", "detail"))
+        fails = [f.name for f in findings if f.status == "fail"]
+        warns = sum(f.status == "warn" for f in findings)
+        also = f" ({warns} warning{'s' * (warns != 1)})" if warns else ""
+        if fails:
+            out.info(f"{len(fails)} failed: {', '.join(fails)}{also}", style="bold red")
+        else:
+            out.info(f"all checks passed{also}", style="green")
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:

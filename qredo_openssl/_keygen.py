@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -179,20 +180,19 @@ def generate_keypairs(
     return results
 
 
-_BLOCKING = ("private.exists", "private.encrypted", "private.valid")
+def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Finding], bytes]:
+    """Check the private key is an unencrypted RSA key OpenSSL loads; bad input raises (exit 1).
 
-
-def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[list[Finding], bytes]:
-    """Check the private key is an unencrypted RSA key OpenSSL loads; bad input raises (exit 1)."""
+    ``private.valid`` must be ok: then OpenSSL read it as RSA, whatever the wrapping (PKCS#1,
+    PKCS#8, a BOM). Otherwise the first failed finding says why (EC, DER, encrypted...).
+    """
     findings, derived = check_private(paths.private, openssl)
-    for f in findings:
-        blocking = f.name in _BLOCKING or (f.name == "private.format" and "PKCS#8" not in f.message)
-        if f.status == "fail" and blocking:
-            raise BadInputError(f.message)
-    if derived is None:  # pragma: no cover - a loadable key always yields its public half
-        msg = f"OpenSSL did not derive a public key from {paths.private}"
-        raise OpenSSLError(msg)
-    return findings, derived
+    by_name = {f.name: f for f in findings}
+    valid = by_name["private.valid"]
+    if valid.status != "ok" or derived is None:
+        first = next((f for f in findings if f.status == "fail"), valid)
+        raise BadInputError(first.message)
+    return by_name, derived
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,7 @@ class RepairResult:
     backups: tuple[str, ...]
     commands: tuple[tuple[str, ...], ...]
     message: str
+    warnings: tuple[str, ...] = ()
 
 
 def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
@@ -210,7 +211,7 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
     ensure_dir(os.path.dirname(paths.public) or ".")
     if not force:
         refuse_existing([paths.public])
-    _, derived = _usable_private(paths, openssl)
+    found, derived = _usable_private(paths, openssl)
     source = os.path.abspath(paths.private)
     argv = ("rsa", "-in", source, "-outform", "PEM", "-pubout", "-out", "public.pem")
     with private_tempdir(os.path.dirname(paths.public) or ".") as tmp:
@@ -220,9 +221,14 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
         with publishing(force) as pub:
             pub.publish(public, paths.public)
             _verify_public(paths, derived)
-    return RepairResult(
-        paths.public, tuple(pub.backups), ((openssl.path, *argv),), f"wrote {paths.public}"
+    # The public key is right either way; say what else the signing client will trip on.
+    warnings = tuple(
+        found[n].message for n in ("private.format", "private.mode") if found[n].status == "fail"
     )
+    return RepairResult(
+        paths.public, tuple(pub.backups), ((openssl.path, *argv),),
+        f"wrote {paths.public}, the public half of {paths.private}", warnings,
+    )  # fmt: skip
 
 
 def _verify_public(paths: KeyPaths, derived: bytes) -> None:
@@ -242,10 +248,11 @@ def convert_private(
     writes PKCS#1 and rejects the flag). The key itself is unchanged, so ``public.pem`` still
     matches.
     """
-    findings, derived = _usable_private(paths, openssl)
-    if next(f for f in findings if f.name == "private.format").status != "fail":
+    found, derived = _usable_private(paths, openssl)
+    if found["private.format"].status != "fail":
         return RepairResult(None, (), (), f"{paths.private} is already PKCS#1: nothing to do")
-    flag = ("-traditional",) if decide_traditional(openssl, traditional).use else ()
+    decision = decide_traditional(openssl, traditional)
+    flag = ("-traditional",) if decision.use else ()
     argv = ("rsa", "-in", os.path.abspath(paths.private), *flag, "-out", "private.pem")
     with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
         openssl.run(*argv, cwd=tmp)
@@ -255,11 +262,16 @@ def convert_private(
             after, again = check_private(paths.private, openssl)
             bad = next((f for f in after if f.name == "private.format" and f.status != "ok"), None)
             if bad is not None or again != derived:
-                why = bad.message if bad else "the key changed"
-                msg = f"conversion did not give the same PKCS#1 key ({why}); original restored"
+                why = "it is not the same key" if bad is None else "it is not PKCS#1"
+                msg = f"openssl rsa did not convert {paths.private}: {why}; it is left unchanged"
+                if bad is not None and not decision.use:
+                    msg += " (OpenSSL 3 writes PKCS#8 unless given -traditional:"
+                    msg += " try --traditional always)"
                 raise OpenSSLError(msg)
     backup = pub.backups[0]
-    return RepairResult(
-        paths.private, tuple(pub.backups), ((openssl.path, *argv),),
-        f"converted {paths.private} to PKCS#1; the original is kept as {backup}",
-    )  # fmt: skip
+    msg = f"converted {paths.private} to PKCS#1 (the same key); the original is kept as {backup}"
+    st = os.lstat(backup)
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+        os.chmod(backup, 0o600)  # a backup is still a private key: no longer world-readable
+        msg += f" (now mode 0600, was {stat.S_IMODE(st.st_mode):04o})"
+    return RepairResult(paths.private, tuple(pub.backups), ((openssl.path, *argv),), msg)
