@@ -8,7 +8,6 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ._checks import Finding, check_private, check_public, frame_pem
@@ -19,7 +18,7 @@ from ._openssl import (
     TraditionalDecision,
     TraditionalMode,
     decide_traditional,
-    kill_running,
+    map_in_threads,
 )
 
 QREDO_BITS = 2048
@@ -164,20 +163,7 @@ def generate_keypairs(
             on_done(paths, result)
         return result
 
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(many)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keygen")
-    futures = [pool.submit(one, p) for p in many]
-    try:
-        results = [f.result() for f in futures]
-    except BaseException:
-        stop.set()
-        for f in futures:
-            f.cancel()
-        kill_running()
-        pool.shutdown(wait=True)
-        raise
-    pool.shutdown(wait=True)
-    return results
+    return map_in_threads(one, many, jobs=jobs, stop=stop)
 
 
 def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Finding], bytes]:

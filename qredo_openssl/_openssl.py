@@ -7,13 +7,18 @@ commands that never call OpenSSL (``--version``, ``--help``) must not pay for.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import shutil
+import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._errors import OpenSSLError
 
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
 
 Flavour = Literal["OpenSSL", "LibreSSL", "unknown"]
 TraditionalMode = Literal["auto", "always", "never"]
+T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 120.0
 ENV_VAR = "QREDO_OPENSSL"
@@ -132,15 +139,74 @@ class Completed:
 
 _live: dict[int, Any] = {}  # id -> sh RunningCommand (not hashable)
 _live_lock = threading.Lock()
+_stopping = threading.Event()
 
 
-def kill_running() -> None:
-    """Kill every OpenSSL child still running (called on Ctrl-C or SIGTERM)."""
+@contextlib.contextmanager
+def killing_children() -> Iterator[None]:
+    """Kill every OpenSSL child now, and any started before the block ends (Ctrl-C, SIGTERM).
+
+    A worker thread may be between fork and registration when the interrupt lands: the
+    flag catches its child. The block is where the caller waits for its workers.
+    """
     with _live_lock:
+        _stopping.set()
         procs = list(_live.values())
-    for proc in procs:
-        with contextlib.suppress(OSError):  # already gone
-            proc.kill()
+    try:
+        for proc in procs:
+            with contextlib.suppress(OSError):  # already gone
+                proc.kill()
+        yield
+    finally:
+        _stopping.clear()
+
+
+def map_in_threads(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    jobs: int | None = None,
+    stop: threading.Event | None = None,
+    on_result: Callable[[R], None] | None = None,
+) -> list[R]:
+    """``fn`` over ``items`` on a thread pool (``jobs``, default: CPU count), results in order.
+
+    ``on_result`` is called in input order as results arrive, so output can stream. On
+    Ctrl-C or SIGTERM in the waiting thread: ``stop`` is set, pending items are cancelled,
+    every OpenSSL child is killed, and the workers are waited for (they clean up) before
+    the interrupt propagates.
+    """
+    if not items:
+        return []
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(items)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qredo-openssl")
+    futures = [pool.submit(fn, item) for item in items]
+    results: list[R] = []
+    try:
+        for f in futures:
+            results.append(_result_interruptibly(f))
+            if on_result is not None:
+                on_result(results[-1])
+    except BaseException:
+        if stop is not None:
+            stop.set()
+        for f in futures:
+            f.cancel()
+        with killing_children():
+            pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _result_interruptibly(future: Future[R]) -> R:
+    # A signal may land on any thread (sh runs reader threads); CPython then runs the
+    # handler only when the main thread next wakes, and a plain result() may never wake.
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            continue
 
 
 def _umask_077() -> None:
@@ -148,9 +214,49 @@ def _umask_077() -> None:
     os.umask(0o077)
 
 
-def _sh() -> Any:
-    import sh  # deliberately late: see the module docstring
+class _AsyncioOnDemand(types.ModuleType):
+    """Stands in for ``asyncio`` while ``sh`` is imported; the real module loads on first use.
 
+    sh 2.x imports asyncio at its top, which is most of sh's own import time (about 30 ms of
+    ~100 ms on a 2-core machine), yet touches it only for ``_async=True`` commands, which we
+    never run. At import it binds just the module and ``asyncio.Queue`` (as ``AQueue``, used
+    only to construct a queue): both forward here to the real asyncio, so ``_async`` sh
+    commands elsewhere in the process still work (tests/test_imports.py runs one).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # import machinery probes (__path__ ...): not asyncio's API
+            raise AttributeError(name)
+        return getattr(_real_asyncio(), name)
+
+    @staticmethod
+    def Queue(*args: Any, **kwargs: Any) -> Any:  # asyncio's name, as sh imports it
+        return _real_asyncio().Queue(*args, **kwargs)
+
+
+def _real_asyncio() -> types.ModuleType:
+    if isinstance(sys.modules.get("asyncio"), _AsyncioOnDemand):  # used while sh loads
+        del sys.modules["asyncio"]
+    return importlib.import_module("asyncio")
+
+
+_sh_lock = threading.Lock()
+
+
+def _sh() -> Any:
+    # Deliberately late (see the module docstring); the lock keeps a second thread from
+    # seeing a half-imported sh or the stand-in below.
+    with _sh_lock:
+        if "sh" in sys.modules or "asyncio" in sys.modules:
+            import sh
+        else:
+            stand_in = _AsyncioOnDemand("asyncio")
+            sys.modules["asyncio"] = stand_in
+            try:
+                import sh
+            finally:
+                if sys.modules.get("asyncio") is stand_in:
+                    del sys.modules["asyncio"]
     return sh
 
 
@@ -182,7 +288,6 @@ def run_openssl(
             _return_cmd=True,
             _bg=True,
             _bg_exc=False,
-            _timeout=timeout,
             _truncate_exc=False,
             _ok_code=list(ok_codes),
             _preexec_fn=_umask_077,
@@ -193,14 +298,33 @@ def run_openssl(
     except OSError as exc:
         msg = f"cannot run {openssl}: {exc.strerror or exc}"
         raise OpenSSLError(msg, argv=argv) from None
+    except sh_mod.ForkException as exc:  # exec failed in the child, e.g. "Exec format error"
+        why = str(exc).strip().splitlines()[-1].strip()
+        msg = f"cannot run {openssl}: {why}"
+        raise OpenSSLError(msg, argv=argv) from None
     with _live_lock:
         _live[id(proc)] = proc
+        if _stopping.is_set():
+            proc.kill()
+    # Our own timer, not sh's ``_timeout``: sh polls that every 0.1 s and joins the poller
+    # after the child exits, which adds up to 100 ms to every run (an ``openssl dgst -sign``
+    # takes about 15 ms). The timer costs nothing unless it fires.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(OSError):  # exited meanwhile
+            proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
     try:
         proc.wait()
-    except sh_mod.TimeoutException:
-        msg = f"{_show(args)} timed out after {timeout:g} s and was killed"
-        raise OpenSSLError(msg, argv=argv) from None
     except sh_mod.ErrorReturnCode as exc:
+        if expired.is_set():
+            msg = f"{_show(args)} timed out after {timeout:g} s and was killed"
+            raise OpenSSLError(msg, argv=argv) from None
         stderr = _text(exc.stderr)
         code = exc.exit_code
         how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
@@ -210,6 +334,7 @@ def run_openssl(
         proc.kill()
         raise
     finally:
+        timer.cancel()
         with _live_lock:
             _live.pop(id(proc), None)
     return Completed(argv, proc.exit_code, bytes(proc.stdout), bytes(proc.stderr))
