@@ -1,0 +1,153 @@
+"""The command line as users meet it: real subprocesses, exit codes, streams and colour."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import run_cli
+
+import qredo_openssl as q
+
+COLOUR = re.compile(r"\x1b\[[0-9;]*3[0-9]m|\x1b\[[0-9;]*9[0-7]m|\x1b\[38;")
+ANSI = re.compile(r"\x1b\[")
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0
+    assert r.stdout == f"qredo-openssl {q.__version__}\n"
+
+
+def test_help_lists_every_command():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("keygen", "pubkey", "convert", "check", "doctor", "apikey", "sign", "verify"):
+        assert cmd in r.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-command"),
+        pytest.param(["frobnicate"], id="unknown-command"),
+        pytest.param(["keygen", "--bits", "x"], id="bad-int"),
+        pytest.param(["keygen", "--jobs", "0"], id="zero-jobs"),
+        pytest.param(["keygen", "--timeout", "-1"], id="bad-timeout"),
+        pytest.param(["keygen", "a", "b", "--private", "p.pem"], id="override-many"),
+        pytest.param(["check", "--no-such-option"], id="unknown-option"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, tmp_path):
+    r = run_cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    assert r.stdout == ""
+    assert os.listdir(tmp_path) == []
+
+
+def test_usage_error_as_json(tmp_path):
+    r = run_cli("--json", "keygen", "--bits", "7", cwd=tmp_path)
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["error"]["code"] == 2
+    assert "--bits" in doc["error"]["message"]
+
+
+def test_global_options_before_or_after_command(make_fake, tmp_path):
+    fake = make_fake("1.1.1")
+    a = run_cli("--json", "--openssl", str(fake.path), "keygen", "--dry-run", str(tmp_path))
+    b = run_cli("keygen", "--dry-run", "--json", "--openssl", str(fake.path), str(tmp_path))
+    assert a.returncode == b.returncode == 0
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+    assert json.loads(a.stdout)["openssl"]["path"] == str(fake.path)
+
+
+def test_quiet_keeps_data_only(make_fake, tmp_path):
+    fake = make_fake("3.0")
+    r = run_cli("-q", "keygen", "--openssl", str(fake.path), str(tmp_path / "k"))
+    assert r.returncode == 0
+    assert r.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    assert r.stderr == ""
+
+
+def test_json_is_one_document(make_fake, tmp_path):
+    fake = make_fake("3.0")
+    r = run_cli("--json", "keygen", "--openssl", str(fake.path), str(tmp_path / "k"))
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)  # raises if there is anything but one document
+    assert doc["keys"][0]["public_pem"] == (tmp_path / "k" / "public.pem").read_text()
+
+
+@pytest.mark.parametrize(
+    ("env", "colour"),
+    [
+        pytest.param({}, False, id="pipe"),
+        pytest.param({"NO_COLOR": "1"}, False, id="pipe-no-color"),
+        pytest.param({"FORCE_COLOR": "1"}, True, id="pipe-force-color"),
+        pytest.param({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False, id="force-and-no-color"),
+    ],
+)
+def test_colour_on_a_pipe(tmp_path, env, colour):
+    r = run_cli("keygen", "--openssl", str(tmp_path / "missing"), env=env)
+    assert r.returncode == 3
+    assert bool(COLOUR.search(r.stderr)) is colour
+    assert not ANSI.search(r.stdout)
+    if not env:
+        assert not ANSI.search(r.stderr)
+
+
+def _run_in_pty(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run with stdout and stderr on a real terminal; return exit code and what it showed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [sys.executable, "-m", "qredo_openssl", *argv], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), b"".join(chunks).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize(
+    ("extra", "colour"),
+    [pytest.param({}, True, id="terminal"), pytest.param({"NO_COLOR": "1"}, False, id="no-color")],
+)
+def test_colour_on_a_terminal(tmp_path, extra, colour):
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env.update(extra, TERM="xterm-256color")
+    code, shown = _run_in_pty(["keygen", "--openssl", str(tmp_path / "missing")], env)
+    assert code == 3
+    assert "OpenSSL not found" in shown
+    assert bool(COLOUR.search(shown)) is colour
+
+
+def test_python_m_and_console_script_agree(tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "qredo-openssl")
+    if not os.path.exists(script):
+        pytest.skip("console script not installed in this environment")
+    r = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert r.stdout == run_cli("--version").stdout
+
+
+def test_broken_pipe_is_quiet(make_fake, tmp_path):
+    fake = make_fake("3.0")
+    r = subprocess.run(
+        f"{sys.executable} -m qredo_openssl keygen --openssl {fake.path} {tmp_path}/k | head -c 1",
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in r.stderr
