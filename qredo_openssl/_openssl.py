@@ -217,11 +217,13 @@ def _umask_077() -> None:
 class _AsyncioOnDemand(types.ModuleType):
     """Stands in for ``asyncio`` while ``sh`` is imported; the real module loads on first use.
 
-    sh 2.x imports asyncio at its top, which is most of sh's own import time (about 30 ms of
-    ~100 ms on a 2-core machine), yet touches it only for ``_async=True`` commands, which we
-    never run. At import it binds just the module and ``asyncio.Queue`` (as ``AQueue``, used
-    only to construct a queue): both forward here to the real asyncio, so ``_async`` sh
-    commands elsewhere in the process still work (tests/test_imports.py runs one).
+    sh 2.x imports asyncio (with ssl, socket, concurrent.futures...) at its top: about 60 ms
+    of its ~100 ms import on a 2-core machine. It uses asyncio only for ``_async=True``
+    commands, which we never run, and to ask ``get_running_loop()`` on every command (both
+    callers catch the ``RuntimeError`` that means "no loop"). At import it binds just the
+    module and ``Queue`` (as ``AQueue``, only ever called to make a queue). Everything
+    forwards to the real asyncio, so ``_async`` sh commands elsewhere in the process work
+    (tests/test_imports.py runs one).
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -232,6 +234,15 @@ class _AsyncioOnDemand(types.ModuleType):
     @staticmethod
     def Queue(*args: Any, **kwargs: Any) -> Any:  # asyncio's name, as sh imports it
         return _real_asyncio().Queue(*args, **kwargs)
+
+    @staticmethod
+    def get_running_loop() -> Any:
+        # No event loop can be running in a process that never imported asyncio: answer as
+        # asyncio itself would, without importing it.
+        if "asyncio" not in sys.modules:
+            msg = "no running event loop"
+            raise RuntimeError(msg)
+        return _real_asyncio().get_running_loop()
 
 
 def _real_asyncio() -> types.ModuleType:
