@@ -15,14 +15,14 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._errors import OpenSSLError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import sh
 
 Flavour = Literal["OpenSSL", "LibreSSL", "unknown"]
@@ -178,6 +178,9 @@ def map_in_threads(
     """
     if not items:
         return []
+    # Here, not at the top: concurrent.futures brings logging (~15 ms) to every start-up.
+    from concurrent.futures import ThreadPoolExecutor
+
     workers = max(1, min(jobs or os.cpu_count() or 1, len(items)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qredo-openssl")
     futures = [pool.submit(fn, item) for item in items]
@@ -202,6 +205,8 @@ def map_in_threads(
 def _result_interruptibly(future: Future[R]) -> R:
     # A signal may land on any thread (sh runs reader threads); CPython then runs the
     # handler only when the main thread next wakes, and a plain result() may never wake.
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     while True:
         try:
             return future.result(timeout=0.1)
