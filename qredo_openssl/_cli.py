@@ -7,6 +7,7 @@ cheap: ``--version`` and ``--help`` never load ``sh`` or ``rich``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -114,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--timestamp", metavar="T", help="x-timestamp (default: now, Unix seconds)")
     g.add_argument("--nonce", metavar="N", help="x-nonce instead of a timestamp")
-    p.add_argument("--format", choices=("headers", "curl", "json"), default="headers")
+    p.add_argument(
+        "--format", choices=("headers", "curl", "json"),
+        help="headers (default), a curl command line, or JSON (--batch: JSON lines)",
+    )  # fmt: skip
     p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
     _paths_options(p)
@@ -385,12 +389,81 @@ def cmd_apikey(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _warn_no_apikey(signer: q.Signer, out: Output) -> None:
+    if signer.apikey is None:
+        out.warn(f"no API key at {signer.apikey_path}: x-api-key left out (save it with: "
+                 "qredo-openssl apikey)")  # fmt: skip
+
+
 def cmd_sign(args: argparse.Namespace, out: Output) -> int:
-    raise q.UsageError("sign: not implemented yet")
+    if args.batch is not None:
+        return _sign_batch(args, out)
+    if args.url is None:
+        raise q.UsageError("sign: give --url URL (or --batch FILE)")
+    fmt = "json" if out.json_mode else (args.format or "headers")
+    body = q.read_body(args.body) if args.body is not None else b""
+    signer = q.Signer.from_paths(_key_paths(args, args.dir), _openssl(args))
+    signed = signer.sign(
+        args.url, body, method=args.method, timestamp=args.timestamp, nonce=args.nonce,
+        body_file=args.body,
+    )  # fmt: skip
+    _warn_no_apikey(signer, out)
+    if fmt == "json":
+        out.json(signed.to_json())
+    elif fmt == "curl":
+        if args.body == "-":
+            out.warn("the body came from standard input: pipe the same bytes to this curl")
+        out.data(shlex.join(signed.curl_argv()))
+    else:
+        out.data(signed.header_lines())
+    return 0
+
+
+def _sign_batch(args: argparse.Namespace, out: Output) -> int:
+    given = [
+        opt for opt in ("url", "body", "method", "timestamp", "nonce")
+        if getattr(args, opt) is not None
+    ]  # fmt: skip
+    if given:
+        opts = ", ".join(f"--{o}" for o in given)
+        raise q.UsageError(f"sign --batch: {opts} belong in the batch lines, not the command line")
+    if args.format not in (None, "json"):
+        raise q.UsageError(f"sign --batch writes JSON lines; --format {args.format} does not apply")
+    if args.jobs is not None and args.jobs < 1:
+        raise q.UsageError("--jobs must be at least 1")
+    lines = q.read_batch(args.batch)
+    signer = q.Signer.from_paths(_key_paths(args, args.dir), _openssl(args))
+    _warn_no_apikey(signer, out)
+
+    def show(item: q.BatchItem) -> None:
+        if out.json_mode:
+            return
+        out.data(json.dumps(item.to_json()))
+        if item.error is not None:
+            out.error(item.error.exit_code, str(item.error))
+
+    items = q.sign_batch(signer, lines, jobs=args.jobs, on_item=show)
+    failed = [i.error for i in items if i.error is not None]
+    if out.json_mode:
+        doc: dict[str, Any] = {"results": [i.to_json() for i in items], "failed": len(failed)}
+        if failed:
+            doc["error"] = _error_doc(failed[0])
+        out.json(doc)
+    return failed[0].exit_code if failed else 0
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    raise q.UsageError("verify: not implemented yet")
+    body = q.read_body(args.body) if args.body is not None else b""
+    public = _key_paths(args, args.dir).public
+    v = q.verify_request(
+        public, _openssl(args), args.url, args.signature, body,
+        timestamp=args.timestamp, nonce=args.nonce,
+    )  # fmt: skip
+    if out.json_mode:
+        out.json({"valid": v.valid, "reason": v.reason})
+    else:
+        out.data(f"{'valid' if v.valid else 'invalid'}: {v.reason}")
+    return 0 if v.valid else 1
 
 
 COMMANDS = {
