@@ -166,6 +166,9 @@ def generate_keypairs(
     return map_in_threads(one, many, jobs=jobs, stop=stop)
 
 
+_ENCRYPTED = "private.encrypted"
+
+
 def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Finding], bytes]:
     """Check the private key is an unencrypted RSA key OpenSSL loads; bad input raises (exit 1).
 
@@ -176,8 +179,10 @@ def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Findin
     by_name = {f.name: f for f in findings}
     valid = by_name["private.valid"]
     if valid.status != "ok" or derived is None:
-        first = next((f for f in findings if f.status == "fail"), valid)
-        raise BadInputError(first.message)
+        # An encrypted key's own finding carries the decrypt command: say that one first.
+        fails = [f for f in findings if f.status == "fail"]
+        fails.sort(key=lambda f: f.name != _ENCRYPTED)
+        raise BadInputError((fails[0] if fails else valid).message)
     return by_name, derived
 
 

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import qredo_openssl as q
 pytestmark = pytest.mark.real_openssl
 
 HUGE = 100 * 1024 * 1024
+WORKERS = 2 * (os.cpu_count() or 1)  # OpenSSL and Python children: mostly CPU
 COLOUR_SGR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])[;m]")  # a foreground colour
 PASSPHRASE = "correct horse battery staple\n"
 
@@ -273,13 +275,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> dict[str, Pa
     """Every case's directory, built once (the 4096-bit key is the slow one)."""
     root = tmp_path_factory.mktemp("corpus")
     c = Corpus(root, keys)
-    dirs = {}
-    for case_id, case in CASES.items():
-        d = root / case_id
-        d.mkdir()
-        case.build(d, c)
-        dirs[case_id] = d
+    c.other_public()  # shared by cases: make it before they run side by side
+    dirs = {case_id: root / case_id for case_id in CASES}
+
+    def build(case_id: str) -> None:
+        dirs[case_id].mkdir()
+        CASES[case_id].build(dirs[case_id], c)
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:  # OpenSSL children run in parallel
+        list(pool.map(build, CASES))
     return dirs
+
+
+@pytest.fixture(scope="session")
+def cli_json(corpus: dict[str, Path]) -> dict[str, subprocess.CompletedProcess[str]]:
+    """``qredo-openssl --json check`` of every case, run side by side once."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        runs = pool.map(lambda d: run_cli("--json", "check", str(d)), corpus.values())
+        return dict(zip(corpus, runs))
 
 
 @pytest.fixture(scope="session")
@@ -310,9 +323,11 @@ def test_finding_in_process(case_id: str, corpus: dict[str, Path], real: q.OpenS
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
-def test_check_cli_json(case_id: str, corpus: dict[str, Path]) -> None:
+def test_check_cli_json(
+    case_id: str, cli_json: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
     case = CASES[case_id]
-    r = run_cli("--json", "check", str(corpus[case_id]))
+    r = cli_json[case_id]
     assert_no_traceback(r)
     assert r.returncode == case.exit, r.stderr
     doc = json.loads(r.stdout)  # exactly one JSON document
