@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("keygen", "generate private.pem and public.pem as Qredo documents")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="key directories (default: .)")
-    p.add_argument("--bits", type=int, default=q.QREDO_BITS, help="2048 (default), 3072 or 4096")
+    p.add_argument(
+        "--bits", type=int, choices=(2048, 3072, 4096), default=q.QREDO_BITS,
+        help="key size: 2048 (default, as Qredo documents), 3072 or 4096",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing keys, keeping backups")
     p.add_argument("--dry-run", action="store_true", help="print the commands, write nothing")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
