@@ -117,7 +117,8 @@ case "$cmd" in
     fi
     {genrsa_action}
     echo "Generating RSA private key, 2048 bit long modulus (2 primes)" >&2
-    if [ $trad = yes ] || [ {has_traditional} = no ]; then cat {pkcs1} > "$out"; else cat {pkcs8} > "$out"; fi
+    if [ $trad = yes ] || [ {has_traditional} = no ]; then src={pkcs1}; else src={pkcs8}; fi
+    cat "$src" > "$out"
     exit 0
     ;;
 esac
@@ -166,7 +167,10 @@ def make_fake(tmp_path: Path, keys: Keys) -> Callable[..., Fake]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, input: bytes | None = None, cwd: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m qredo_openssl ARGS`` in a real subprocess; text stdout/stderr."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
