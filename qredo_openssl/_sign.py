@@ -24,7 +24,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from ._apikey import validate_apikey
-from ._checks import frame_pem
+from ._checks import PemBlock, frame_pem
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._files import READ_LIMIT, KeyPaths, private_tempdir, read_bounded
 from ._openssl import OpenSSL, map_in_threads
@@ -178,15 +178,7 @@ def check_signing_key(path: str) -> None:
     ask for a passphrase, and a missing one would be reported as an OpenSSL failure (exit 3)
     rather than bad input (exit 1).
     """
-    if not os.path.lexists(path):
-        msg = f"no private key at {path}; run: qredo-openssl keygen"
-        raise BadInputError(msg)
-    try:
-        data = read_bounded(path)
-    except OSError as exc:
-        msg = f"cannot read {path}: {exc.strerror or exc}"
-        raise BadInputError(msg) from None
-    block = frame_pem(data) if len(data) <= READ_LIMIT else None
+    block = _frame_key_file(path, "private", "keygen")
     if block is None or block.der is None:
         msg = f"{path} is not a PEM private key; run: qredo-openssl check"
         raise BadInputError(msg)
@@ -202,17 +194,22 @@ def check_signing_key(path: str) -> None:
     raise BadInputError(msg)
 
 
-def check_verifying_key(path: str) -> None:
-    """Refuse a missing or non-PEM public key as bad input (exit 1), before OpenSSL runs."""
+def _frame_key_file(path: str, which: str, fix: str) -> PemBlock | None:
+    """The first PEM block of a key file; missing or unreadable is bad input (exit 1)."""
     if not os.path.lexists(path):
-        msg = f"no public key at {path}; run: qredo-openssl pubkey"
+        msg = f"no {which} key at {path}; run: qredo-openssl {fix}"
         raise BadInputError(msg)
     try:
         data = read_bounded(path)
     except OSError as exc:
         msg = f"cannot read {path}: {exc.strerror or exc}"
         raise BadInputError(msg) from None
-    block = frame_pem(data) if len(data) <= READ_LIMIT else None
+    return frame_pem(data) if len(data) <= READ_LIMIT else None
+
+
+def check_verifying_key(path: str) -> None:
+    """Refuse a missing or non-PEM public key as bad input (exit 1), before OpenSSL runs."""
+    block = _frame_key_file(path, "public", "pubkey")
     if block is None or block.label not in ("PUBLIC KEY", "RSA PUBLIC KEY"):
         msg = f"{path} is not a PEM public key (BEGIN PUBLIC KEY)"
         raise BadInputError(msg)
