@@ -72,10 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, parents=[common])
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        if name == "keygen":
+            p.add_argument("dirs", nargs="*", metavar="DIR", help="key directories (default: .)")
+        else:
+            p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="default: .")
+        _paths_options(p)
+        return p
 
     p = command("keygen", "generate private.pem and public.pem as Qredo documents")
-    p.add_argument("dirs", nargs="*", metavar="DIR", help="key directories (default: .)")
     p.add_argument(
         "--bits", type=int, choices=(2048, 3072, 4096), default=q.QREDO_BITS,
         help="key size: 2048 (default, as Qredo documents), 3072 or 4096",
@@ -84,34 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands, write nothing")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
     _traditional_option(p)
-    _paths_options(p)
 
     p = command("pubkey", "derive public.pem from an existing private.pem")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace public.pem, keeping a backup")
-    _paths_options(p)
 
     p = command("convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     _traditional_option(p)
-    _paths_options(p)
 
-    p = command("check", "check the key files of DIR")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
-    _paths_options(p)
+    command("check", "check the key files of DIR")
 
     p = command("doctor", "show the OpenSSL in use, its decisions, and check DIR")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     _traditional_option(p)
-    _paths_options(p)
 
     p = command("apikey", "save the API key from standard input as DIR/apikey (0600)")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--force", action="store_true", help="replace apikey, keeping a backup")
-    _paths_options(p)
 
     p = command("sign", "sign a Partner API request (x-sign)")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--url", help="the request URL, exactly as it will be sent")
     p.add_argument("--body", metavar="FILE", help="request body file, or - for stdin")
     p.add_argument("--method", help="HTTP method (default GET, or POST with a body)")
@@ -124,17 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
-    _paths_options(p)
 
     p = command("verify", "verify an x-sign signature as the Qredo server does")
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     p.add_argument("--url", required=True, help="the request URL, exactly as it was sent")
     p.add_argument("--body", metavar="FILE", help="request body file, or - for stdin")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--timestamp", metavar="T")
     g.add_argument("--nonce", metavar="N")
     p.add_argument("--signature", required=True, metavar="SIG", help="the x-sign value")
-    _paths_options(p)
     return parser
 
 
