@@ -228,7 +228,8 @@ class _AsyncioOnDemand(types.ModuleType):
     callers catch the ``RuntimeError`` that means "no loop"). At import it binds just the
     module and ``Queue`` (as ``AQueue``, only ever called to make a queue). Everything
     forwards to the real asyncio, so ``_async`` sh commands elsewhere in the process work
-    (tests/test_imports.py runs one).
+    (tests/test_imports.py runs one). A thread importing asyncio in the few milliseconds
+    while sh loads gets this forwarding stand-in too.
     """
 
     def __getattr__(self, name: str) -> Any:

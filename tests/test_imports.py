@@ -84,6 +84,7 @@ def test_check_on_a_pipe_does_not_import_rich(key_dir: Path, args: list[str]) ->
     mods = imported(*args, "check", str(key_dir))
     assert "sh" in mods  # it did run OpenSSL
     assert "rich" not in mods
+    assert "asyncio" not in mods  # sh loads without it (_openssl._AsyncioOnDemand)
 
 
 @pytest.mark.real_openssl
