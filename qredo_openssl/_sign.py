@@ -24,7 +24,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from ._apikey import validate_apikey
-from ._checks import PemBlock, frame_pem
+from ._checks import RSA_OID, PemBlock, frame_pem
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._files import READ_LIMIT, KeyPaths, private_tempdir, read_bounded
 from ._openssl import OpenSSL, map_in_threads
@@ -38,8 +38,6 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,20}")
 _NONCE_RE = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: it travels in a header
 _URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")
 _X_SIGN_RE = re.compile(r"[A-Za-z0-9_-]*")
-# DER of the rsaEncryption OID: a PKCS#8 key without it is not RSA (EC, Ed25519...).
-_RSA_OID = bytes.fromhex("06092a864886f70d010101")
 
 
 def build_payload(
@@ -187,7 +185,7 @@ def check_signing_key(path: str) -> None:
         msg = f"{path} is encrypted; Qredo's signing client needs an unencrypted key"
         raise BadInputError(msg)
     if block.label == "RSA PRIVATE KEY" or (
-        block.label == "PRIVATE KEY" and _RSA_OID in block.der[:32]
+        block.label == "PRIVATE KEY" and RSA_OID in block.der[:32]
     ):
         return
     msg = f"{path} is not an RSA private key (BEGIN {block.label}); run: qredo-openssl check"
