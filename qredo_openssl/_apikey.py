@@ -122,9 +122,7 @@ def _key_id(raw: bytes) -> str | None:
     if missing:
         msg = f"the API key decodes to JSON without {' and '.join(missing)}"
         raise BadInputError(msg)
-    key_id = str(doc["key_id"])
-    # It is shown on the terminal: escape control characters rather than let them act.
-    return key_id if key_id.isprintable() else json.dumps(key_id)[1:-1]
+    return str(doc["key_id"])
 
 
 def read_apikey_input(
