@@ -53,6 +53,7 @@ class Output:
         sys.stdout.flush()
 
     def _say(self, text: str, style: str | None = None, prefix: str = "") -> None:
+        text = printable(text)
         console = self.console
         if console is None:
             sys.stderr.write(f"{prefix}{text}\n")
@@ -89,11 +90,18 @@ class Output:
             return
         width = max([len(r[1]) for r in rows] + [len(headers[1])])
         for status, name, message in rows:
-            sys.stdout.write(f"{status:<5} {name:<{width}} {message}\n")
+            sys.stdout.write(f"{status:<5} {name:<{width}} {printable(message)}\n")
         sys.stdout.flush()
+
+
+def printable(text: str) -> str:
+    """Escape control characters (from file names, key ids...) so they show, not act."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _plain(text: str) -> Any:
     from rich.text import Text
 
-    return Text(text)
+    return Text(printable(text))

@@ -151,3 +151,10 @@ def test_broken_pipe_is_quiet(make_fake, tmp_path):
         shell=True, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert "Traceback" not in r.stderr
+
+
+def test_control_characters_in_messages_are_escaped(tmp_path):
+    r = run_cli("keygen", "--openssl", str(tmp_path / "evil\x1b[2Jname"))
+    assert r.returncode == 3
+    assert "\x1b" not in r.stderr
+    assert "evil\\x1b[2Jname" in r.stderr
