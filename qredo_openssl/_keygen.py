@@ -76,17 +76,21 @@ class KeygenResult:
     findings: tuple[Finding, ...]
 
 
-def _fail_message(findings: Sequence[Finding], plan: KeygenPlan | None) -> str:
+def _fail_message(findings: Sequence[Finding], plan: KeygenPlan) -> str:
     first = next(f for f in findings if f.status == "fail")
     msg = f"the new key failed its check {first.name}: {first.message}; nothing was kept"
-    if plan is not None and first.name == "private.format" and not plan.traditional.use:
+    if first.name == "private.format" and not plan.traditional.use:
         msg += " (OpenSSL 3 writes PKCS#8 without -traditional: try --traditional always)"
     return msg
 
 
-def _verified(paths: KeyPaths, openssl: OpenSSL, plan: KeygenPlan | None) -> list[Finding]:
-    """The checks on files as they landed; a fail raises (and the caller's publisher rolls back)."""
-    private, derived = check_private(paths.private, openssl)
+def _verified(paths: KeyPaths, openssl: OpenSSL, plan: KeygenPlan) -> list[Finding]:
+    """The checks on files as they landed; a fail raises (and the caller's publisher rolls back).
+
+    genrsa has just proved its primes, so ``rsa -check`` would only repeat that (most of the
+    check's cost); what can still be wrong (format, bits, exponent, the pair) is checked.
+    """
+    private, derived = check_private(paths.private, openssl, consistency=False)
     findings = private + check_public(paths.public, derived, paths.private, openssl)
     if any(f.status == "fail" for f in findings):
         raise OpenSSLError(_fail_message(findings, plan))

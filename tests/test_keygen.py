@@ -51,6 +51,11 @@ def test_keygen_matrix(make_fake, tmp_path, flavour):
     assert genrsa in calls
     assert (GENRSA if HAS_TRADITIONAL[flavour] else GENRSA_TRAD) not in calls
     assert PUBOUT in calls
+    # one more call checks what landed; genrsa has just proved the primes, so no -check
+    check = [c for c in calls if c[:2] == ["rsa", "-in"] and c != PUBOUT]
+    assert check == [["rsa", "-in", str(d / "private.pem"), "-text", "-pubout"]]
+    probe = flavour == "garbage"  # genrsa -help, only when the version line is unreadable
+    assert len(calls) == 4 + probe  # version, genrsa, pubout, the check
     assert (d / "private.pem").read_bytes().startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
     assert (d / "public.pem").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----\n")
     assert mode(d / "private.pem") == 0o600
