@@ -158,3 +158,18 @@ def test_control_characters_in_messages_are_escaped(tmp_path):
     assert r.returncode == 3
     assert "\x1b" not in r.stderr
     assert "evil\\x1b[2Jname" in r.stderr
+
+
+def test_progress_on_a_terminal(make_fake, tmp_path):
+    """Several DIRs on a terminal draw a rich progress bar; the keys land all the same."""
+    fake = make_fake("3.0")
+    dirs = [str(tmp_path / f"k{i}") for i in range(3)]
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env["TERM"] = "xterm-256color"
+    code, shown = _run_in_pty(["keygen", "--openssl", str(fake.path), *dirs], env)
+    assert code == 0, shown
+    assert "Traceback" not in shown
+    assert "keygen" in shown  # the progress bar's label
+    assert shown.count("-----BEGIN PUBLIC KEY-----") == 3
+    for d in dirs:
+        assert (tmp_path / d / "private.pem").exists()
