@@ -345,7 +345,7 @@ def run_openssl(
         stderr = _text(exc.stderr)
         code = exc.exit_code
         how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
-        msg = f"{_show(args)} {how}" + (f": {_last_line(stderr)}" if stderr.strip() else "")
+        msg = f"{_show(args)} {how}" + (f": {_headline(stderr)}" if stderr.strip() else "")
         raise OpenSSLError(msg, argv=argv, returncode=code, stderr=stderr) from None
     except BaseException:
         proc.kill()
@@ -361,7 +361,7 @@ def _text(data: bytes | str) -> str:
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
-def _last_line(stderr: str) -> str:
+def _headline(stderr: str) -> str:
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
     # OpenSSL 3 ends with error-stack lines like "40F7...:error:...:crypto/..."; the first
     # line usually says what went wrong in words, so show that one.
