@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ._errors import BadInputError, RefusedOverwriteError
+from ._errors import BadInputError, RefusedOverwriteError, UsageError
 
 READ_LIMIT = 64 * 1024  # a key file is a few KB; anything far larger is a finding, not input
 
@@ -103,8 +103,7 @@ class Publisher:
 
     def publish(self, tmp: str, final: str) -> None:
         if self.force and os.path.lexists(final):
-            bak = backup_name(final)
-            os.rename(final, bak)
+            bak = _move_aside(final)
             self._moved.append((final, bak))
             self.backups.append(bak)
         try:
@@ -127,6 +126,27 @@ class Publisher:
                     self.backups.remove(bak)
         self._published.clear()
         self._moved.clear()
+
+
+def _move_aside(path: str) -> str:
+    """Rename whatever is at ``path`` to a fresh backup name, never replacing an older backup.
+
+    A link to the new name fails if another ``--force`` took it first (``os.rename`` would
+    silently replace it); a directory cannot be hard-linked and is renamed.
+    """
+    while True:
+        bak = backup_name(path)
+        try:
+            os.link(path, bak, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError:
+            if os.path.lexists(bak):
+                continue
+            os.rename(path, bak)
+            return bak
+        os.unlink(path)
+        return bak
 
 
 def _link_or_copy(tmp: str, final: str) -> None:
@@ -177,3 +197,11 @@ class KeyPaths:
             public or os.path.join(directory, "public.pem"),
             apikey or os.path.join(directory, "apikey"),
         )
+
+    def __post_init__(self) -> None:
+        # One file in two roles would let publishing one replace (and back up) the other.
+        names = [os.path.normpath(os.path.abspath(p)) for p in (self.private, self.public)]
+        names.append(os.path.normpath(os.path.abspath(self.apikey)))
+        if len(set(names)) < 3:
+            msg = "the private key, public key and API key must be three different files"
+            raise UsageError(msg)

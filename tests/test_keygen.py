@@ -390,3 +390,49 @@ def test_api_generate_keypair(make_fake, tmp_path):
     assert {f.name: f.status for f in result.findings}["public.matches"] == "ok"
     with pytest.raises(q.RefusedOverwriteError):
         q.generate_keypair(paths, plan)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(
+            ["keygen", "--force", "--private", "{d}/same.pem", "--public", "{d}/same.pem"],
+            id="keygen",
+        ),
+        pytest.param(
+            ["pubkey", "--force", "--public", "{d}/private.pem"], id="pubkey-onto-private"
+        ),
+    ],
+)
+def test_one_file_in_two_roles_is_refused(make_fake, tmp_path, argv):
+    fake = make_fake("3.0")
+    d = tmp_path / "keys"
+    d.mkdir()
+    (d / "private.pem").write_bytes(b"KEY")
+    (d / "same.pem").write_bytes(b"SAME")
+    r = run_cli(*[a.format(d=d) for a in argv], "--openssl", str(fake.path), str(d))
+    assert r.returncode == 2, r.stderr
+    assert "three different files" in r.stderr
+    assert (d / "private.pem").read_bytes() == b"KEY"
+    assert (d / "same.pem").read_bytes() == b"SAME"
+    assert sorted(p.name for p in d.iterdir()) == ["private.pem", "same.pem"]
+
+
+def test_backups_never_replace_older_backups(tmp_path, monkeypatch):
+    """Two --force runs in the same second pick the same backup name: the second gets another."""
+    from qredo_openssl import _files
+
+    target = tmp_path / "private.pem"
+    taken = tmp_path / "private.pem.20260101T000000Z.bak"
+    taken.write_bytes(b"OLDER BACKUP")
+    target.write_bytes(b"OLD KEY")
+    names = iter([str(taken), str(taken) + ".1.bak"])
+    monkeypatch.setattr(_files, "backup_name", lambda path, now=None: next(names))
+    new = tmp_path / "new"
+    new.write_bytes(b"NEW KEY")
+    with _files.publishing(force=True) as pub:
+        pub.publish(str(new), str(target))
+    assert taken.read_bytes() == b"OLDER BACKUP"
+    assert pub.backups == [str(taken) + ".1.bak"]
+    assert Path(pub.backups[0]).read_bytes() == b"OLD KEY"
+    assert target.read_bytes() == b"NEW KEY"
