@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -28,6 +29,11 @@ NEXT_STEP = (
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # "--jso" must not pass for "--json": the mode is decided before parsing
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise q.UsageError(f"{self.prog}: {message}")
 
@@ -478,12 +484,18 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (SPEC.md: 0, 1, 2, 3, 4, 130)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    out = Output(json_mode="--json" in argv, quiet="-q" in argv or "--quiet" in argv)
+    # Until the parser has spoken (a usage error is reported in JSON too), guess the modes.
+    out = Output(
+        json_mode=any(a == "--json" or a.startswith("--json=") for a in argv),
+        quiet="-q" in argv or "--quiet" in argv,
+    )
     try:
         args = build_parser().parse_args(argv)
+        out.json_mode = getattr(args, "json", False)
+        out.quiet = getattr(args, "quiet", False)
         args.timeout = getattr(args, "timeout", q.DEFAULT_TIMEOUT)
-        if args.timeout <= 0:
-            raise q.UsageError("--timeout must be positive")
+        if not math.isfinite(args.timeout) or args.timeout <= 0:
+            raise q.UsageError("--timeout must be a positive number of seconds")
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _terminate)
         return COMMANDS[args.command](args, out)
@@ -494,4 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(EXIT_INTERRUPTED, "interrupted; nothing was kept")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a full disk, a closed stdout...: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        out.error(1, f"{exc.strerror or exc}{where}")
         return 1

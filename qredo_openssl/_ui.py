@@ -7,6 +7,8 @@ markup.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -14,6 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def _write(text: str) -> None:
+    if sys.stdout is None:  # started with stdout closed
+        raise OSError(errno.EBADF, "standard output is closed")
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def wants_rich(stream: IO[str], environ: Mapping[str, str]) -> bool:
@@ -45,12 +54,10 @@ class Output:
 
     def data(self, text: str) -> None:
         if not self.json_mode:
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-            sys.stdout.flush()
+            _write(text if text.endswith("\n") else text + "\n")
 
     def json(self, doc: Any) -> None:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        sys.stdout.flush()
+        _write(json.dumps(doc, indent=2) + "\n")
 
     def _say(self, text: str, style: str | None = None, prefix: str = "") -> None:
         text = printable(text)
@@ -74,7 +81,8 @@ class Output:
 
     def error(self, code: int, text: str) -> None:
         if self.json_mode:
-            self.json({"error": {"code": code, "message": text}})
+            with contextlib.suppress(OSError):  # the error may be that stdout is unwritable
+                self.json({"error": {"code": code, "message": text}})
         self._say(text, "bold red", "error: ")
 
     def table(self, rows: Sequence[tuple[str, str, str]], headers: tuple[str, str, str]) -> None:
@@ -89,9 +97,7 @@ class Output:
             Console(highlight=False).print(table)
             return
         width = max([len(r[1]) for r in rows] + [len(headers[1])])
-        for status, name, message in rows:
-            sys.stdout.write(f"{status:<5} {name:<{width}} {printable(message)}\n")
-        sys.stdout.flush()
+        _write("".join(f"{s:<5} {n:<{width}} {printable(m)}\n" for s, n, m in rows))
 
 
 def printable(text: str) -> str:

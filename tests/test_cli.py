@@ -39,6 +39,10 @@ def test_help_lists_every_command():
         pytest.param(["keygen", "--bits", "x"], id="bad-int"),
         pytest.param(["keygen", "--jobs", "0"], id="zero-jobs"),
         pytest.param(["keygen", "--timeout", "-1"], id="bad-timeout"),
+        pytest.param(["keygen", "--timeout", "nan"], id="nan-timeout"),
+        pytest.param(["keygen", "--timeout", "inf"], id="inf-timeout"),
+        pytest.param(["--jso", "check"], id="abbreviated-json"),
+        pytest.param(["check", "--qui"], id="abbreviated-quiet"),
         pytest.param(["keygen", "a", "b", "--private", "p.pem"], id="override-many"),
         pytest.param(["check", "--no-such-option"], id="unknown-option"),
     ],
@@ -173,3 +177,15 @@ def test_progress_on_a_terminal(make_fake, tmp_path):
     assert shown.count("-----BEGIN PUBLIC KEY-----") == 3
     for d in dirs:
         assert (tmp_path / d / "private.pem").exists()
+
+
+@pytest.mark.parametrize("redirect", [">/dev/full", ">&-"], ids=["disk-full", "closed"])
+@pytest.mark.parametrize("json_flag", ["", "--json"], ids=["text", "json"])
+def test_unwritable_stdout_is_one_line(tmp_path, redirect, json_flag):
+    r = subprocess.run(
+        f"{sys.executable} -m qredo_openssl {json_flag} check {tmp_path} {redirect}",
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
