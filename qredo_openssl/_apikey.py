@@ -22,6 +22,7 @@ from ._files import (
     ensure_dir,
     private_tempdir,
     publishing,
+    read_bounded,
     refuse_existing,
     write_private,
 )
@@ -123,6 +124,42 @@ def _key_id(raw: bytes) -> str | None:
         msg = f"the API key decodes to JSON without {' and '.join(missing)}"
         raise BadInputError(msg)
     return str(doc["key_id"])
+
+
+def parse_apikey_file(data: bytes, path: str) -> tuple[str, ApiKeyInfo]:
+    """The API key in a file's bytes: one line of UTF-8, validated (``check`` and ``sign``).
+
+    Surrounding whitespace is dropped, as Qredo's client does; anything else (a BOM, a second
+    line, quotes) raises :class:`BadInputError` with a reason that never quotes the key.
+    """
+    if len(data) > READ_LIMIT:
+        msg = f"{path} is over {READ_LIMIT // 1024} KiB: not an API key"
+        raise BadInputError(msg)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        msg = f"{path} is not UTF-8 text"
+        raise BadInputError(msg) from None
+    if "\n" in text:
+        msg = f"{path} has more than one line"
+        raise BadInputError(msg)
+    try:
+        return text, validate_apikey(text)
+    except BadInputError as exc:
+        msg = f"{path}: {exc}"
+        raise BadInputError(msg) from None
+
+
+def load_apikey(path: str) -> str | None:
+    """The API key saved at ``path``, validated; None when there is no file there."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        data = read_bounded(path)
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror or exc}"
+        raise BadInputError(msg) from None
+    return parse_apikey_file(data, path)[0]
 
 
 def read_apikey_input(

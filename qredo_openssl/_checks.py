@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._apikey import validate_apikey
+from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
 from ._files import READ_LIMIT, KeyPaths, read_bounded
 from ._openssl import OpenSSL
@@ -305,18 +305,9 @@ def check_apikey(path: str) -> list[Finding]:
             Finding(f"apikey.{n}", "skip", "no API key file") for n in ("format", "mode")
         ]
     try:
-        if len(data) > READ_LIMIT:
-            msg = f"{path} is over {READ_LIMIT // 1024} KiB: not an API key"
-            raise BadInputError(msg)
-        text = data.decode("utf-8").strip()
-        if "\n" in text:
-            msg = "the API key file has more than one line"
-            raise BadInputError(msg)
-        info = validate_apikey(text)
-    except UnicodeDecodeError:
-        found.append(Finding("apikey.format", "fail", f"{path} is not text"))
+        _, info = parse_apikey_file(data, path)
     except BadInputError as exc:
-        found.append(Finding("apikey.format", "fail", f"{path}: {exc}"))
+        found.append(Finding("apikey.format", "fail", str(exc)))
     else:
         kid = f", key_id {info.key_id}" if info.key_id else ""
         found.append(Finding("apikey.format", "ok", f"one line of {info.alphabet} Base64{kid}"))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ._apikey import validate_apikey
+from ._apikey import load_apikey
 from ._checks import RSA_OID, PemBlock, frame_pem
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._files import READ_LIMIT, KeyPaths, private_tempdir, read_bounded
@@ -143,30 +143,6 @@ def read_body(source: str, stdin: IO[bytes] | None = None, limit: int = BODY_LIM
         msg = f"the body in {where} is over {limit // (1024 * 1024)} MiB"
         raise BadInputError(msg)
     return data
-
-
-def read_apikey_file(path: str) -> str | None:
-    """The API key in ``path``, stripped and validated; None when there is no such file."""
-    if not os.path.lexists(path):
-        return None
-    try:
-        data = read_bounded(path)
-    except OSError as exc:
-        msg = f"cannot read {path}: {exc.strerror or exc}"
-        raise BadInputError(msg) from None
-    if len(data) > READ_LIMIT:
-        msg = f"{path} is over {READ_LIMIT // 1024} KiB: not an API key"
-        raise BadInputError(msg)
-    try:
-        text = data.decode("utf-8-sig").strip()
-        validate_apikey(text)
-    except UnicodeDecodeError:
-        msg = f"{path} is not UTF-8 text"
-        raise BadInputError(msg) from None
-    except BadInputError as exc:  # its message never quotes the key
-        msg = f"{path}: {exc}; run: qredo-openssl apikey --force"
-        raise BadInputError(msg) from None
-    return text
 
 
 def check_signing_key(path: str) -> None:
@@ -294,7 +270,7 @@ class Signer:
     def from_paths(cls, paths: KeyPaths, openssl: OpenSSL) -> Signer:
         """Check ``paths.private`` and read ``paths.apikey`` (optional: None when absent)."""
         check_signing_key(paths.private)
-        return cls(openssl, paths.private, read_apikey_file(paths.apikey), paths.apikey)
+        return cls(openssl, paths.private, load_apikey(paths.apikey), paths.apikey)
 
     def signature(self, payload: bytes) -> bytes:
         """The raw RSA PKCS#1 v1.5 SHA-256 signature of ``payload`` (via stdin, never argv)."""

@@ -562,3 +562,21 @@ def test_check_reports_every_apikey_finding_ok(tmp_path: Path, keys: Keys) -> No
     r = run_cli("check", f"{keydir}/")
     assert r.returncode == 0
     assert_secret_absent(r.stdout + r.stderr, JSON_KEY)
+
+
+def test_check_and_sign_agree_on_a_bom(tmp_path, keys):
+    """One reader for the saved key: what check fails, sign refuses too (exit 1)."""
+    d = tmp_path / "k"
+    d.mkdir()
+    shutil.copy(keys.pkcs1, d / "private.pem")
+    shutil.copy(keys.public, d / "public.pem")
+    (d / "private.pem").chmod(0o600)
+    (d / "apikey").write_bytes(b"\xef\xbb\xbf" + base64.b64encode(b"k" * 24) + b"\n")
+    (d / "apikey").chmod(0o600)
+    check = run_cli("--json", "check", str(d))
+    findings = {f["name"]: f["status"] for f in json.loads(check.stdout)}
+    assert findings["apikey.format"] == "fail"
+    sign = run_cli("sign", "--url", "https://api.qredo.network/api/v1/p/company", str(d))
+    assert sign.returncode == 1
+    assert sign.stdout == ""
+    assert "apikey" in sign.stderr
