@@ -14,7 +14,7 @@ from typing import Literal
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
 from ._files import READ_LIMIT, KeyPaths, read_bounded
-from ._openssl import OpenSSL
+from ._openssl import OpenSSL, headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -203,7 +203,7 @@ def check_private(
         check = ("-check",) if consistency else ()
         out = openssl.run("rsa", "-in", path, *check, "-text", "-pubout")
     except OpenSSLError as exc:
-        why = exc.stderr.strip().splitlines()[0] if exc.stderr.strip() else str(exc)
+        why = headline(exc.stderr) or str(exc)
         found.append(Finding("private.valid", "fail", f"OpenSSL cannot use {path}: {why}"))
         return found + skip("key not loaded", "bits", "exponent"), None
     text = out.stdout.decode("utf-8", "replace")
@@ -276,7 +276,7 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
     try:  # only now is a second OpenSSL call needed: is it an RSA key at all?
         out = openssl.run("rsa", "-pubin", "-in", path, "-noout", "-text")
     except OpenSSLError as exc:
-        why = exc.stderr.strip().splitlines()[0] if exc.stderr.strip() else str(exc)
+        why = headline(exc.stderr) or str(exc)
         return [
             *found,
             Finding("public.format", "fail", f"{path} is not an RSA public key: {why}"),

@@ -78,7 +78,8 @@ class KeygenResult:
 
 def _fail_message(findings: Sequence[Finding], plan: KeygenPlan) -> str:
     first = next(f for f in findings if f.status == "fail")
-    msg = f"the new key failed its check {first.name}: {first.message}; nothing was kept"
+    what = first.message.split("; run:")[0]  # its advice is for a file we are not keeping
+    msg = f"the new key failed its check {first.name}: {what}; nothing was kept"
     if first.name == "private.format" and not plan.traditional.use:
         msg += " (OpenSSL 3 writes PKCS#8 without -traditional: try --traditional always)"
     return msg
@@ -203,10 +204,10 @@ class RepairResult:
 
 def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
     """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8)."""
-    ensure_dir(os.path.dirname(paths.public) or ".")
     if not force:
         refuse_existing([paths.public])
     found, derived = _usable_private(paths, openssl)
+    ensure_dir(os.path.dirname(paths.public) or ".")
     source = os.path.abspath(paths.private)
     argv = ("rsa", "-in", source, "-outform", "PEM", "-pubout", "-out", "public.pem")
     with private_tempdir(os.path.dirname(paths.public) or ".") as tmp:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._errors import OpenSSLError
+from ._errors import BadInputError, OpenSSLError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -291,8 +291,15 @@ def run_openssl(
 
     Any failure becomes :class:`OpenSSLError` carrying argv, exit code and OpenSSL's stderr.
     """
-    sh_mod = _sh()
     argv = (openssl, *args)
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # a file name in another encoding: sh passes argv as UTF-8
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            msg = f"{shown!r} is not a UTF-8 name, which OpenSSL cannot be given; rename it"
+            raise BadInputError(msg) from None
+    sh_mod = _sh()
     env = child_env(os.environ if environ is None else environ)
     try:
         command: sh.Command = sh_mod.Command(openssl)
@@ -345,7 +352,7 @@ def run_openssl(
         stderr = _text(exc.stderr)
         code = exc.exit_code
         how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
-        msg = f"{_show(args)} {how}" + (f": {_headline(stderr)}" if stderr.strip() else "")
+        msg = f"{_show(args)} {how}" + (f": {headline(stderr)}" if stderr.strip() else "")
         raise OpenSSLError(msg, argv=argv, returncode=code, stderr=stderr) from None
     except BaseException:
         proc.kill()
@@ -361,7 +368,8 @@ def _text(data: bytes | str) -> str:
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
-def _headline(stderr: str) -> str:
+def headline(stderr: str) -> str:
+    """The first non-empty line of OpenSSL's stderr: where it says what went wrong in words."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
     # OpenSSL 3 ends with error-stack lines like "40F7...:error:...:crypto/..."; the first
     # line usually says what went wrong in words, so show that one.
@@ -396,6 +404,9 @@ def detect_openssl(explicit: str | None = None, *, timeout: float = DEFAULT_TIME
     """Find OpenSSL (``--openssl``, ``$QREDO_OPENSSL``, ``PATH``) and read its version."""
     path = find_openssl(explicit)
     out = run_openssl(path, ["version"], timeout=timeout)
+    if not out.stdout.strip():  # e.g. /bin/true: runs, says nothing, is no OpenSSL
+        msg = f"{path} printed no version for 'openssl version': is it OpenSSL?"
+        raise OpenSSLError(msg, argv=out.argv, returncode=out.returncode, stderr=_text(out.stderr))
     return OpenSSL(path, parse_version(_text(out.stdout)), timeout)
 
 

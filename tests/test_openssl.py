@@ -206,3 +206,16 @@ def test_version_command_fails(make_fake):
     fake = make_fake("3.0", version_action="echo 'broken library' >&2; exit 1")
     with pytest.raises(q.OpenSSLError, match="broken library"):
         q.detect_openssl(str(fake.path))
+
+
+def test_not_a_utf8_name_is_bad_input(tmp_path):
+    fake = _exe(tmp_path / "openssl", "#!/bin/sh\nexit 0\n")
+    name = os.fsdecode(b"key\xff.pem")
+    with pytest.raises(q.BadInputError, match="not a UTF-8 name"):
+        run_openssl(str(fake), ["rsa", "-in", name])
+
+
+def test_silent_binary_is_not_openssl(tmp_path):
+    fake = _exe(tmp_path / "openssl", "#!/bin/sh\nexit 0\n")
+    with pytest.raises(q.OpenSSLError, match="printed no version"):
+        q.detect_openssl(str(fake))

@@ -699,3 +699,14 @@ def test_batch_from_stdin_json_mode(keydir, tmp_path):
     assert [x["line"] for x in doc["results"]] == [1, 3]  # the blank line is not a request
     assert doc["results"][0]["headers"]["x-sign"] == KNOWN["empty"]
     assert doc["error"]["message"].startswith("line 3: ")
+
+
+def test_closed_stdin_is_bad_input(tmp_path, keys):
+    r = subprocess.run(
+        f"{sys.executable} -m qredo_openssl sign --url https://x.example/y --body - "
+        f"--private {keys.pkcs1} {tmp_path} <&-",
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "standard input is closed" in r.stderr
