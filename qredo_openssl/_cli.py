@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("keygen", "generate private.pem and public.pem as Qredo documents")
     p.add_argument(
-        "--bits", type=int, choices=(2048, 3072, 4096), default=q.QREDO_BITS,
+        "--bits", type=int, choices=q.ALLOWED_BITS, default=q.QREDO_BITS,
         help="key size: 2048 (default, as Qredo documents), 3072 or 4096",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing keys, keeping backups")

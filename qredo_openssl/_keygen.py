@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._checks import Finding, check_private, check_public, frame_pem
+from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, Interrupted, OpenSSLError, QredoOpenSSLError
 from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
 from ._openssl import (
@@ -20,9 +21,6 @@ from ._openssl import (
     decide_traditional,
     map_in_threads,
 )
-
-QREDO_BITS = 2048
-ALLOWED_BITS = (2048, 3072, 4096)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._defaults import DEFAULT_TIMEOUT
 from ._errors import BadInputError, OpenSSLError
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ TraditionalMode = Literal["auto", "always", "never"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-DEFAULT_TIMEOUT = 120.0
 ENV_VAR = "QREDO_OPENSSL"
 
 # The CLI's own version is the first on the line; "(Library: ...)" may follow on OpenSSL 3.

@@ -107,3 +107,14 @@ def test_sh_async_still_works_after_our_import() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "SSL" in r.stdout
+
+
+def test_every_public_name_resolves():
+    """The lazy public API: each name in __all__ loads, and from the module it says."""
+    import qredo_openssl as q
+
+    for name in q.__all__:
+        assert getattr(q, name) is not None, name
+    assert set(dir(q)) == set(q.__all__)
+    with pytest.raises(AttributeError):
+        q.no_such_name  # noqa: B018
