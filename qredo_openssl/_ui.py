@@ -77,7 +77,8 @@ class Output:
             self._say(text, style)
 
     def warn(self, text: str) -> None:
-        self._say(text, "yellow", "warning: ")
+        if not self.quiet:  # -q: data and errors only
+            self._say(text, "yellow", "warning: ")
 
     def error(self, code: int, text: str) -> None:
         if self.json_mode:

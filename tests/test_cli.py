@@ -189,3 +189,16 @@ def test_unwritable_stdout_is_one_line(tmp_path, redirect, json_flag):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_quiet_silences_warnings(make_fake, tmp_path):
+    fake = make_fake("3.0")
+    loud = run_cli(
+        "keygen", "--dry-run", "--bits", "4096", "--openssl", str(fake.path), str(tmp_path)
+    )
+    quiet = run_cli(
+        "-q", "keygen", "--dry-run", "--bits", "4096", "--openssl", str(fake.path), str(tmp_path)
+    )
+    assert "warning: Qredo documents 2048-bit keys" in loud.stderr
+    assert quiet.stderr == ""
+    assert quiet.stdout == loud.stdout
