@@ -14,7 +14,8 @@ from typing import Literal
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
 from ._files import READ_LIMIT, KeyPaths, read_bounded
-from ._openssl import OpenSSL, headline
+from ._openssl import OpenSSL
+from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
 

@@ -1,4 +1,4 @@
-"""One exception base; each subclass carries the exit code SPEC.md gives it."""
+"""One exception base; each subclass carries the exit code that docs/contract.md gives it."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ class UsageError(QredoOpenSSLError):
     exit_code = 2
 
 
-class OpenSSLError(QredoOpenSSLError):
-    """OpenSSL is missing, unusable, timed out or failed (exit 3).
+class ToolError(QredoOpenSSLError):
+    """A system tool (OpenSSL, curl, pkcs11-tool) is missing, unusable, timed out or failed.
 
-    ``stderr`` is OpenSSL's own full stderr, decoded; ``argv`` never holds a secret,
+    Exit 3. ``stderr`` is the tool's own full stderr, decoded; ``argv`` never holds a secret,
     because nothing secret is ever put into argv.
     """
 
@@ -39,11 +39,17 @@ class OpenSSLError(QredoOpenSSLError):
         argv: Sequence[str] = (),
         returncode: int | None = None,
         stderr: str = "",
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.argv = tuple(argv)
         self.returncode = returncode
         self.stderr = stderr
+        self.timed_out = timed_out
+
+
+class OpenSSLError(ToolError):
+    """OpenSSL is missing, unusable, timed out or failed (exit 3)."""
 
 
 class RefusedOverwriteError(QredoOpenSSLError):

@@ -19,8 +19,8 @@ from ._openssl import (
     TraditionalDecision,
     TraditionalMode,
     decide_traditional,
-    map_in_threads,
 )
+from ._run import map_in_threads
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from ._apikey import load_apikey
 from ._checks import RSA_OID, PemBlock, frame_pem
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._files import READ_LIMIT, KeyPaths, private_tempdir, read_bounded
-from ._openssl import OpenSSL, headline, map_in_threads
+from ._openssl import OpenSSL
+from ._run import headline, map_in_threads
 
 BODY_LIMIT = 64 * 1024 * 1024  # Partner API bodies are small JSON; this only stops /dev/zero
 BATCH_LIMIT = 256 * 1024 * 1024

@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qredo_openssl as q
-from qredo_openssl._openssl import child_env, run_openssl
+from qredo_openssl._errors import OpenSSLError
+from qredo_openssl._run import child_env
+from qredo_openssl._run import run as _run
+
+
+def run_openssl(path: str, args: list[str], **kw: object) -> object:
+    return _run(path, args, error=OpenSSLError, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
