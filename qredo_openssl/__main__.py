@@ -1,5 +1,3 @@
-import sys
+from ._console import console_main
 
-from ._cli import main
-
-sys.exit(main())
+console_main()

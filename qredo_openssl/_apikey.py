@@ -17,15 +17,8 @@ from dataclasses import dataclass
 from typing import IO
 
 from ._errors import BadInputError
-from ._files import (
-    READ_LIMIT,
-    ensure_dir,
-    private_tempdir,
-    publishing,
-    read_bounded,
-    refuse_existing,
-    write_private,
-)
+from ._files import ensure_dir, private_tempdir, publishing, refuse_existing, write_private
+from ._pem import READ_LIMIT, read_bounded
 
 _B64_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 _B64_CHAR_RE = re.compile(r"[A-Za-z0-9+/_=-]")
@@ -154,12 +147,7 @@ def load_apikey(path: str) -> str | None:
     """The API key saved at ``path``, validated; None when there is no file there."""
     if not os.path.lexists(path):
         return None
-    try:
-        data = read_bounded(path)
-    except OSError as exc:
-        msg = f"cannot read {path}: {exc.strerror or exc}"
-        raise BadInputError(msg) from None
-    return parse_apikey_file(data, path)[0]
+    return parse_apikey_file(read_bounded(path), path)[0]
 
 
 def read_apikey_input(

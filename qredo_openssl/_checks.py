@@ -1,9 +1,7 @@
-"""The checks of SPEC.md: Python frames PEM, OpenSSL parses keys (one call for a healthy pair)."""
+"""The checks of docs/contract.md: Python frames PEM, OpenSSL parses keys (one call if healthy)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import stat
@@ -13,59 +11,22 @@ from typing import Literal
 
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
-from ._files import READ_LIMIT, KeyPaths, read_bounded
+from ._files import KeyPaths
 from ._openssl import OpenSSL
+from ._pem import BEGIN_RE, BOM, READ_LIMIT, frame_pem, read_bounded
 from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
-_PEM_RE = re.compile(
-    rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\r?\n(?P<body>.*?)-----END (?P=label)-----", re.S
-)
-_BEGIN_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _BITS_RE = re.compile(r"\((\d+) bit")
 _EXPONENT_RE = re.compile(r"(?:publicExponent|Exponent):\s*(\d+)")
-BOM = b"\xef\xbb\xbf"
-# DER of the AlgorithmIdentifier OID rsaEncryption (1.2.840.113549.1.1.1). A PKCS#8 block
-# names its algorithm in its first few bytes: enough to tell an RSA key from an EC or
-# Ed25519 one (which ``convert`` cannot help) without parsing the key.
-RSA_OID = bytes.fromhex("06092a864886f70d010101")
-
-
-def _pkcs8_is_rsa(der: bytes | None) -> bool:
-    return der is not None and RSA_OID in der[:32]
-
-
 @dataclass(frozen=True)
 class Finding:
-    """One check's result; ``name`` is stable (SPEC.md), ``message`` is for people."""
+    """One check's result; ``name`` is stable (docs/contract.md), ``message`` is for people."""
 
     name: str
     status: Status
     message: str
-
-
-@dataclass(frozen=True)
-class PemBlock:
-    """The first PEM block of a file, framed but not parsed."""
-
-    label: str
-    headers: str
-    der: bytes | None  # None when the Base64 body is corrupt
-
-
-def frame_pem(data: bytes) -> PemBlock | None:
-    """The first complete PEM block in ``data``; None when there is none. Never raises."""
-    m = _PEM_RE.search(data)
-    if not m:
-        return None
-    body = m.group("body").decode("ascii", "replace").replace("\r", "")
-    headers, _, b64 = body.rpartition("\n\n") if ":" in body.split("\n", 1)[0] else ("", "", body)
-    try:
-        der: bytes | None = base64.b64decode("".join(b64.split()), validate=True)
-    except (binascii.Error, ValueError):
-        der = None
-    return PemBlock(m.group("label").decode(), headers, der or None)
 
 
 @dataclass(frozen=True)
@@ -112,8 +73,8 @@ def _read(path: str, what: str, prefix: str) -> tuple[bytes | None, list[Finding
         return None, [Finding(f"{prefix}.exists", "fail", f"{path} is {kind}, not a key file")]
     try:
         data = read_bounded(path)
-    except OSError as exc:
-        return None, [Finding(f"{prefix}.exists", "fail", f"cannot read {path}: {exc.strerror}")]
+    except BadInputError as exc:  # a FIFO swapped in, no permission...
+        return None, [Finding(f"{prefix}.exists", "fail", str(exc))]
     link = f" (a symlink to {os.path.realpath(path)})" if os.path.islink(path) else ""
     return data, [Finding(f"{prefix}.exists", "ok", f"{path}{link}")]
 
@@ -124,7 +85,7 @@ def _frame_problem(path: str, data: bytes) -> str | None:
         return f"{path} is over {READ_LIMIT // 1024} KiB: not a key file"
     if not data.strip():
         return f"{path} is empty"
-    if not _BEGIN_RE.search(data):
+    if not BEGIN_RE.search(data):
         if data[:1] == b"\x30":
             return f"{path} is DER (binary), not PEM"
         return f"{path} is not PEM (no -----BEGIN line)"
@@ -165,12 +126,12 @@ def check_private(
     if problem is not None and problem.endswith("not PEM") and data[:1] == b"\x30":
         problem += f"; run: openssl rsa -inform DER -in {path}{trad} -out private.pem"
     elif problem is None and block is None:
-        begin = _BEGIN_RE.search(data)
+        begin = BEGIN_RE.search(data)
         what = begin.group(1).decode() if begin else "PEM"
         problem = f"{path} is truncated: BEGIN {what} without its END line"
     elif block is not None and block.der is None:
         problem = f"{path} is corrupt: its Base64 body does not decode"
-    elif block is not None and block.label == "PRIVATE KEY" and not _pkcs8_is_rsa(block.der):
+    elif block is not None and block.label == "PRIVATE KEY" and not block.rsa_private:
         problem = f"{path} is PKCS#8 but not an RSA key (EC? Ed25519?); Qredo needs RSA: "
         problem += "run qredo-openssl keygen"
     elif block is not None and block.label != "RSA PRIVATE KEY":
@@ -188,10 +149,7 @@ def check_private(
         crlf = " with CRLF line endings (accepted)" if b"\r\n" in data else ""
         found.append(Finding("private.format", "ok", f"PKCS#1 PEM (RSA PRIVATE KEY){crlf}"))
 
-    encrypted = block is not None and (
-        "ENCRYPTED" in block.headers or block.label == "ENCRYPTED PRIVATE KEY"
-    )
-    if encrypted:
+    if block is not None and block.encrypted:
         fix = f"openssl rsa -in {path}{trad} -out private.plain.pem (asks for the passphrase)"
         msg = f"{path} is encrypted with a passphrase; the signing client needs it plain: {fix}"
         found.append(Finding("private.encrypted", "fail", msg))
@@ -317,7 +275,7 @@ def check_apikey(path: str) -> list[Finding]:
 
 
 def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
-    """Every check of SPEC.md on a key directory, in a stable order."""
+    """Every check of docs/contract.md on a key directory, in a stable order."""
     private, derived = check_private(paths.private, openssl)
     return [
         *private,

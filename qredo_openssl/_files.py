@@ -13,14 +13,6 @@ from dataclasses import dataclass, field
 
 from ._errors import BadInputError, RefusedOverwriteError, UsageError
 
-READ_LIMIT = 64 * 1024  # a key file is a few KB; anything far larger is a finding, not input
-
-
-def read_bounded(path: str, limit: int = READ_LIMIT) -> bytes:
-    """Read at most ``limit + 1`` bytes, so callers can tell "too large" without a memory spike."""
-    with open(path, "rb") as f:
-        return f.read(limit + 1)
-
 
 def ensure_dir(path: str) -> None:
     """Create a key directory (0700) if missing; refuse a file in its place."""

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._checks import Finding, check_private, check_public, frame_pem
+from ._checks import Finding, check_private, check_public
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, Interrupted, OpenSSLError, QredoOpenSSLError
 from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
@@ -20,6 +17,7 @@ from ._openssl import (
     TraditionalMode,
     decide_traditional,
 )
+from ._pem import fingerprint
 from ._run import map_in_threads
 
 
@@ -49,16 +47,6 @@ def plan_keygen(
     genrsa = (openssl.path, "genrsa", *flag, "-out", "private.pem", str(bits))
     pubout = (openssl.path, "rsa", "-in", "private.pem", "-outform", "PEM", "-pubout")
     return KeygenPlan(openssl, decision, bits, (genrsa, (*pubout, "-out", "public.pem")))
-
-
-def fingerprint(public_pem: bytes) -> str:
-    """``SHA256:<base64>`` of the SubjectPublicKeyInfo DER, as ``ssh-keygen -l`` shows keys."""
-    block = frame_pem(public_pem)
-    if block is None or block.der is None:
-        msg = "not a PEM public key"
-        raise BadInputError(msg)
-    digest = hashlib.sha256(block.der).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -96,7 +84,7 @@ def _verified(paths: KeyPaths, openssl: OpenSSL, plan: KeygenPlan) -> list[Findi
     return findings
 
 
-def _produced(tmp: str, name: str, argv: Sequence[str]) -> str:
+def produced(tmp: str, name: str, argv: Sequence[str]) -> str:
     path = os.path.join(tmp, name)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         msg = f"openssl {argv[1]} exited 0 but wrote no {name}"
@@ -120,9 +108,9 @@ def generate_keypair(
     with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
         genrsa, pubout = plan.commands
         openssl.run(*genrsa[1:], cwd=tmp)
-        private = _produced(tmp, "private.pem", genrsa)
+        private = produced(tmp, "private.pem", genrsa)
         openssl.run(*pubout[1:], cwd=tmp)
-        public = _produced(tmp, "public.pem", pubout)
+        public = produced(tmp, "public.pem", pubout)
         os.chmod(public, 0o644)
         if stop is not None and stop.is_set():
             raise Interrupted
@@ -167,105 +155,3 @@ def generate_keypairs(
         return result
 
     return map_in_threads(one, many, jobs=jobs, stop=stop)
-
-
-_ENCRYPTED = "private.encrypted"
-
-
-def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Finding], bytes]:
-    """Check the private key is an unencrypted RSA key OpenSSL loads; bad input raises (exit 1).
-
-    ``private.valid`` must be ok: then OpenSSL read it as RSA, whatever the wrapping (PKCS#1,
-    PKCS#8, a BOM). Otherwise the first failed finding says why (EC, DER, encrypted...).
-    """
-    findings, derived = check_private(paths.private, openssl)
-    by_name = {f.name: f for f in findings}
-    valid = by_name["private.valid"]
-    if valid.status != "ok" or derived is None:
-        # An encrypted key's own finding carries the decrypt command: say that one first.
-        fails = [f for f in findings if f.status == "fail"]
-        fails.sort(key=lambda f: f.name != _ENCRYPTED)
-        raise BadInputError((fails[0] if fails else valid).message)
-    return by_name, derived
-
-
-@dataclass(frozen=True)
-class RepairResult:
-    """What ``pubkey`` or ``convert`` did: the file written (None: nothing to do) and backups."""
-
-    written: str | None
-    backups: tuple[str, ...]
-    commands: tuple[tuple[str, ...], ...]
-    message: str
-    warnings: tuple[str, ...] = ()
-
-
-def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
-    """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8)."""
-    if not force:
-        refuse_existing([paths.public])
-    found, derived = _usable_private(paths, openssl)
-    ensure_dir(os.path.dirname(paths.public) or ".")
-    source = os.path.abspath(paths.private)
-    argv = ("rsa", "-in", source, "-outform", "PEM", "-pubout", "-out", "public.pem")
-    with private_tempdir(os.path.dirname(paths.public) or ".") as tmp:
-        openssl.run(*argv, cwd=tmp)
-        public = _produced(tmp, "public.pem", (openssl.path, *argv))
-        os.chmod(public, 0o644)
-        with publishing(force) as pub:
-            pub.publish(public, paths.public)
-            _verify_public(paths, derived)
-    # The public key is right either way; say what else the signing client will trip on.
-    warnings = tuple(
-        found[n].message for n in ("private.format", "private.mode") if found[n].status == "fail"
-    )
-    return RepairResult(
-        paths.public, tuple(pub.backups), ((openssl.path, *argv),),
-        f"wrote {paths.public}, the public half of {paths.private}", warnings,
-    )  # fmt: skip
-
-
-def _verify_public(paths: KeyPaths, derived: bytes) -> None:
-    with open(paths.public, "rb") as f:
-        block = frame_pem(f.read())
-    if block is None or block.der != derived:
-        msg = f"OpenSSL wrote a {paths.public} that is not the public half of {paths.private}"
-        raise OpenSSLError(msg)
-
-
-def convert_private(
-    paths: KeyPaths, openssl: OpenSSL, traditional: TraditionalMode = "auto"
-) -> RepairResult:
-    """Rewrite a PKCS#8 ``private.pem`` as PKCS#1; the original is kept as a backup.
-
-    ``rsa -traditional`` on OpenSSL 3, plain ``rsa`` on 1.x and LibreSSL (whose ``rsa``
-    writes PKCS#1 and rejects the flag). The key itself is unchanged, so ``public.pem`` still
-    matches.
-    """
-    found, derived = _usable_private(paths, openssl)
-    if found["private.format"].status != "fail":
-        return RepairResult(None, (), (), f"{paths.private} is already PKCS#1: nothing to do")
-    decision = decide_traditional(openssl, traditional)
-    flag = ("-traditional",) if decision.use else ()
-    argv = ("rsa", "-in", os.path.abspath(paths.private), *flag, "-out", "private.pem")
-    with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
-        openssl.run(*argv, cwd=tmp)
-        new = _produced(tmp, "private.pem", (openssl.path, *argv))
-        with publishing(force=True) as pub:
-            pub.publish(new, paths.private)
-            after, again = check_private(paths.private, openssl)
-            bad = next((f for f in after if f.name == "private.format" and f.status != "ok"), None)
-            if bad is not None or again != derived:
-                why = "it is not the same key" if bad is None else "it is not PKCS#1"
-                msg = f"openssl rsa did not convert {paths.private}: {why}; it is left unchanged"
-                if bad is not None and not decision.use:
-                    msg += " (OpenSSL 3 writes PKCS#8 unless given -traditional:"
-                    msg += " try --traditional always)"
-                raise OpenSSLError(msg)
-    backup = pub.backups[0]
-    msg = f"converted {paths.private} to PKCS#1 (the same key); the original is kept as {backup}"
-    st = os.lstat(backup)
-    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-        os.chmod(backup, 0o600)  # a backup is still a private key: no longer world-readable
-        msg += f" (now mode 0600, was {stat.S_IMODE(st.st_mode):04o})"
-    return RepairResult(paths.private, tuple(pub.backups), ((openssl.path, *argv),), msg)

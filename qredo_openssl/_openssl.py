@@ -89,7 +89,9 @@ def openssl_source(explicit: str | None = None, environ: Mapping[str, str] | Non
 
 def find_openssl(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """Resolve the binary: ``explicit`` (``--openssl``), else ``$QREDO_OPENSSL``, else ``PATH``."""
-    return find_tool("openssl", "--openssl", ENV_VAR, explicit, environ, error=OpenSSLError)
+    return find_tool(
+        "openssl", "--openssl", ENV_VAR, explicit, environ, error=OpenSSLError, label="OpenSSL"
+    )
 
 
 @dataclass(frozen=True)

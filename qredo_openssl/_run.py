@@ -47,6 +47,7 @@ def find_tool(
     environ: Mapping[str, str] | None = None,
     *,
     error: type[ToolError] = ToolError,
+    label: str = "",
 ) -> str:
     """Resolve a system tool: ``explicit`` (its flag), else ``$ENV_VAR``, else ``name`` on PATH.
 
@@ -62,7 +63,7 @@ def find_tool(
         found = shutil.which(given, path=environ.get("PATH", os.defpath))
     if not found:
         where = "on PATH" if origin == "PATH" else f"at {given} (from {origin})"
-        msg = f"{name} not found {where}; install it or pass {flag} PATH"
+        msg = f"{label or name} not found {where}; install it or pass {flag} PATH"
         raise error(msg)
     return os.path.abspath(found)
 

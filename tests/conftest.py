@@ -9,12 +9,14 @@ session, so tests stay fast; every other command is passed on to the real OpenSS
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,13 +168,13 @@ def make_fake(tmp_path: Path, keys: Keys) -> Callable[..., Fake]:
     return make
 
 
-def run_cli(
+def spawn_cli(
     *args: str,
     env: dict[str, str] | None = None,
     input: bytes | None = None,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m qredo_openssl ARGS`` in a real subprocess; text stdout/stderr."""
+    """Run ``python -m qredo_openssl ARGS`` in a real subprocess: for signals, imports, pipes."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
     full_env.update(env or {})
     return subprocess.run(
@@ -183,4 +185,59 @@ def run_cli(
         env=full_env,
         cwd=cwd,
         timeout=120,
+    )
+
+
+class _Sink(io.BytesIO):
+    """A captured stream whose bytes outlive the text wrapper that closes it."""
+
+    def close(self) -> None:
+        pass
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI's ``main(ARGS)`` in this process, as a child would see it, and fast.
+
+    Standard streams, the environment and the working directory are swapped for the call and
+    restored after; stdin is ``input`` (empty by default). An exception escaping ``main``
+    (which a user would see as a traceback) comes back as exit 1 with the traceback on stderr,
+    so that "no traceback" assertions keep their teeth. ``spawn_cli`` is the real process.
+    """
+    from qredo_openssl._cli import main
+
+    saved_env = dict(os.environ)
+    saved = (sys.stdin, sys.stdout, sys.stderr)
+    old_cwd = os.getcwd()
+    out, err = _Sink(), _Sink()
+    sys.stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape")
+    sys.stderr = io.TextIOWrapper(err, encoding="utf-8", errors="backslashreplace")
+    try:
+        for k in ("FORCE_COLOR", "NO_COLOR"):
+            os.environ.pop(k, None)
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # --help, --version
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        except BaseException:  # noqa: BLE001 -- what a user would see as a traceback
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    text = {"encoding": "utf-8", "errors": "replace"}
+    return subprocess.CompletedProcess(
+        ["qredo-openssl", *args], code, out.getvalue().decode(**text), err.getvalue().decode(**text)
     )

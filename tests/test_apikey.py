@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import qredo_openssl as q
 from qredo_openssl import _files
+from qredo_openssl._apikey import ApiKeyInfo, read_apikey_input, validate_apikey
 
 SECRET = "S3cr3t-Inner-Value-Never-Shown~~?"  # its Base64 has "_" (URL-safe), "/" (standard)
 KEY_ID = "kid-7f3a9c"
@@ -97,13 +98,13 @@ def assert_secret_absent(text: str, key: str) -> None:
 
 @pytest.mark.parametrize(("key", "alphabet", "key_id"), VALID)
 def test_valid_keys(key: str, alphabet: str, key_id: str | None) -> None:
-    assert q.validate_apikey(key) == q.ApiKeyInfo(alphabet, key_id)
+    assert validate_apikey(key) == ApiKeyInfo(alphabet, key_id)
 
 
 @pytest.mark.parametrize(("key", "reason"), [*INVALID, BOM_KEY])
 def test_invalid_keys_have_a_one_line_reason_without_the_key(key: str, reason: str) -> None:
     with pytest.raises(q.BadInputError, match=reason) as info:
-        q.validate_apikey(key)
+        validate_apikey(key)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("the API key")
@@ -117,7 +118,7 @@ def test_any_bytes_in_base64_validate(raw: bytes, urlsafe: bool, padded: bool) -
     # the one documented exception.
     assume(not raw.strip().startswith(b"{"))
     text = (url if urlsafe else std)(raw, padded)
-    info = q.validate_apikey(text)
+    info = validate_apikey(text)
     assert info.key_id is None
     if set(text) & set("-_"):
         assert info.alphabet == "url-safe"
@@ -128,7 +129,7 @@ def test_any_bytes_in_base64_validate(raw: bytes, urlsafe: bool, padded: bool) -
 @given(key_id=st.text(max_size=40), secret=st.text(max_size=40), urlsafe=st.booleans())
 def test_json_keys_show_their_key_id(key_id: str, secret: str, urlsafe: bool) -> None:
     raw = json.dumps({"key_id": key_id, "key": secret}).encode()
-    assert q.validate_apikey((url if urlsafe else std)(raw, padded=False)).key_id == key_id
+    assert validate_apikey((url if urlsafe else std)(raw, padded=False)).key_id == key_id
 
 
 # -- read_apikey_input and save_apikey, in process ------------------------------------------
@@ -147,7 +148,7 @@ def piped(data: bytes) -> io.TextIOWrapper:
     ],
 )
 def test_read_piped_input(data: bytes, text: str) -> None:
-    assert q.read_apikey_input(piped(data)) == text
+    assert read_apikey_input(piped(data)) == text
 
 
 @pytest.mark.parametrize(
@@ -159,13 +160,13 @@ def test_read_piped_input(data: bytes, text: str) -> None:
 )
 def test_read_piped_input_refuses(data: bytes, reason: str) -> None:
     with pytest.raises(q.BadInputError, match=reason):
-        q.read_apikey_input(piped(data))
+        read_apikey_input(piped(data))
 
 
 def test_read_closed_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(q.BadInputError, match="standard input is closed"):
-        q.read_apikey_input()
+        read_apikey_input()
 
 
 class _Unreadable(io.RawIOBase):
@@ -179,7 +180,7 @@ class _Unreadable(io.RawIOBase):
 def test_read_unreadable_stdin() -> None:
     stream = io.TextIOWrapper(io.BufferedReader(_Unreadable()))
     with pytest.raises(q.BadInputError, match="cannot read the API key from standard input"):
-        q.read_apikey_input(stream)
+        read_apikey_input(stream)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,9 @@ import pytest
 from conftest import REAL_OPENSSL, Fake, Keys, run_cli
 
 import qredo_openssl as q
+from qredo_openssl._checks import Status, any_failed
+from qredo_openssl._openssl import parse_version
+from qredo_openssl._pem import frame_pem
 
 pytestmark = pytest.mark.real_openssl
 
@@ -42,7 +45,7 @@ class Case:
 
     build: Callable[[Path, Corpus], None]
     name: str
-    status: q.Status
+    status: Status
     says: str  # a word the finding's message must contain
     exit: int
 
@@ -54,7 +57,7 @@ class Corpus:
         assert REAL_OPENSSL is not None
         self.root = root
         self.keys = keys
-        version = q.parse_version(self.openssl_out("version").decode())
+        version = parse_version(self.openssl_out("version").decode())
         # rsa/genrsa write PKCS#1 on 1.x and LibreSSL; OpenSSL 3 needs -traditional.
         self.trad = ["-traditional"] if version.needs_traditional else []
         self.passfile = root / "passphrase"
@@ -166,7 +169,7 @@ def public_at_private(d: Path, c: Corpus) -> None:
 
 def corrupt_modulus(d: Path, c: Corpus) -> None:
     """A well-formed PKCS#1 block whose modulus is not p*q: OpenSSL's -check catches it."""
-    block = q.frame_pem(c.keys.pkcs1.read_bytes())
+    block = frame_pem(c.keys.pkcs1.read_bytes())
     assert block is not None
     assert block.der is not None
     damaged = bytearray(block.der)
@@ -289,10 +292,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> dict[str, Pa
 
 @pytest.fixture(scope="session")
 def cli_json(corpus: dict[str, Path]) -> dict[str, subprocess.CompletedProcess[str]]:
-    """``qredo-openssl --json check`` of every case, run side by side once."""
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        runs = pool.map(lambda d: run_cli("--json", "check", str(d)), corpus.values())
-        return dict(zip(corpus, runs))
+    """``qredo-openssl --json check`` of every case, run once (in-process: one at a time)."""
+    return {case: run_cli("--json", "check", str(d)) for case, d in corpus.items()}
 
 
 @pytest.fixture(scope="session")
@@ -319,7 +320,7 @@ def test_finding_in_process(case_id: str, corpus: dict[str, Path], real: q.OpenS
     assert [f.name for f in findings] == NAMES  # every check, in the stable order
     f = by_name(findings)[case.name]
     assert (f.status, case.says in f.message) == (case.status, True), f
-    assert q.any_failed(findings) == (case.exit == 1)
+    assert any_failed(findings) == (case.exit == 1)
 
 
 @pytest.mark.parametrize("case_id", list(CASES))

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import qredo_openssl as q
+from qredo_openssl._pem import fingerprint
 
 GENRSA = ["genrsa", "-out", "private.pem", "2048"]
 GENRSA_TRAD = ["genrsa", "-traditional", "-out", "private.pem", "2048"]
@@ -124,7 +125,7 @@ def test_keygen_real_openssl_oracle(tmp_path):
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert spki == (d / "public.pem").read_bytes()
-    fp = q.fingerprint(spki)
+    fp = fingerprint(spki)
     assert f"Fingerprint: {fp}" in r.stderr
     check = run_cli("check", str(d))
     assert check.returncode == 0, check.stdout
@@ -282,7 +283,7 @@ def test_many_dirs_json(make_fake, tmp_path):
     assert doc["keys"][3]["error"]["code"] == 4
     assert doc["error"]["code"] == 4
     ok = doc["keys"][0]
-    assert ok["fingerprint"] == q.fingerprint((dirs[0] / "public.pem").read_bytes())
+    assert ok["fingerprint"] == fingerprint((dirs[0] / "public.pem").read_bytes())
     assert ok["bits"] == 2048
     assert ok["commands"][0][1:] == GENRSA_TRAD
     assert ok["commands"][1][1:] == PUBOUT
@@ -386,7 +387,7 @@ def test_api_generate_keypair(make_fake, tmp_path):
     assert not plan.traditional.use
     paths = q.KeyPaths.in_dir(str(tmp_path / "k"))
     result = q.generate_keypair(paths, plan)
-    assert result.fingerprint == q.fingerprint((tmp_path / "k" / "public.pem").read_bytes())
+    assert result.fingerprint == fingerprint((tmp_path / "k" / "public.pem").read_bytes())
     assert {f.name: f.status for f in result.findings}["public.matches"] == "ok"
     with pytest.raises(q.RefusedOverwriteError):
         q.generate_keypair(paths, plan)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import qredo_openssl as q
 from qredo_openssl._errors import OpenSSLError
+from qredo_openssl._openssl import decide_traditional, find_openssl, openssl_source, parse_version
 from qredo_openssl._run import child_env
 from qredo_openssl._run import run as _run
 
@@ -40,7 +41,7 @@ def run_openssl(path: str, args: list[str], **kw: object) -> object:
     ],
 )
 def test_parse_version(line, flavour, numbers, letter, needs):
-    v = q.parse_version(line)
+    v = parse_version(line)
     assert v.flavour == flavour
     assert (v.major, v.minor, v.patch) == numbers
     assert v.letter == letter
@@ -50,14 +51,14 @@ def test_parse_version(line, flavour, numbers, letter, needs):
 
 def test_library_version_does_not_decide():
     # The CLI's own version is the first on the line, whatever the library says.
-    v = q.parse_version("OpenSSL 1.1.1w  11 Sep 2023 (Library: OpenSSL 3.0.2 15 Mar 2022)")
+    v = parse_version("OpenSSL 1.1.1w  11 Sep 2023 (Library: OpenSSL 3.0.2 15 Mar 2022)")
     assert (v.major, v.minor, v.patch, v.letter) == (1, 1, 1, "w")
     assert v.needs_traditional is False
 
 
 @given(st.text())
 def test_parse_version_never_raises(text):
-    v = q.parse_version(text)
+    v = parse_version(text)
     assert v.flavour in ("OpenSSL", "LibreSSL", "unknown")
 
 
@@ -75,7 +76,7 @@ def test_parse_version_round_trips(flavour, major, minor, patch, letter, suffix,
     line = f"{flavour} {major}.{minor}.{patch}{letter}{suffix}{date}"
     if library:
         line += f" (Library: {flavour} 9.9.9{date})"
-    v = q.parse_version(line + "\n")
+    v = parse_version(line + "\n")
     assert (v.flavour, v.major, v.minor, v.patch) == (flavour, major, minor, patch)
     assert (v.letter, v.suffix, v.raw) == (letter, suffix, line)
     assert v.number == f"{major}.{minor}.{patch}{letter}"
@@ -101,12 +102,12 @@ def test_find_openssl_order(tmp_path):
     (tmp_path / "bin").mkdir()
     on_path = _exe(tmp_path / "bin" / "openssl")
     environ = {"PATH": str(tmp_path / "bin"), "QREDO_OPENSSL": str(env_bin)}
-    assert q.find_openssl(str(flag), environ) == str(flag)
-    assert q.find_openssl(None, environ) == str(env_bin)
-    assert q.find_openssl(None, {"PATH": str(tmp_path / "bin")}) == str(on_path)
-    assert q.openssl_source(str(flag), environ) == "--openssl"
-    assert q.openssl_source(None, environ) == "QREDO_OPENSSL"
-    assert q.openssl_source(None, {}) == "PATH"
+    assert find_openssl(str(flag), environ) == str(flag)
+    assert find_openssl(None, environ) == str(env_bin)
+    assert find_openssl(None, {"PATH": str(tmp_path / "bin")}) == str(on_path)
+    assert openssl_source(str(flag), environ) == "--openssl"
+    assert openssl_source(None, environ) == "QREDO_OPENSSL"
+    assert openssl_source(None, {}) == "PATH"
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_find_openssl_order(tmp_path):
 )
 def test_find_openssl_missing(explicit, environ, says):
     with pytest.raises(q.OpenSSLError, match=says) as info:
-        q.find_openssl(explicit, environ)
+        find_openssl(explicit, environ)
     assert info.value.exit_code == 3
 
 
@@ -130,7 +131,7 @@ def test_not_executable(tmp_path):
     f.write_text("#!/bin/sh\n")
     f.chmod(0o644)
     with pytest.raises(q.OpenSSLError, match="not found"):
-        q.find_openssl(str(f), {})
+        find_openssl(str(f), {})
 
 
 def test_run_failure_carries_stderr(tmp_path):
@@ -187,7 +188,7 @@ def test_traditional_decision_matrix(make_fake, flavour):
 
     fake = make_fake(flavour)
     openssl = q.detect_openssl(str(fake.path))
-    d = q.decide_traditional(openssl)
+    d = decide_traditional(openssl)
     assert d.use is HAS_TRADITIONAL[flavour]
     probed = ["genrsa", "-help"] in fake.calls()
     assert probed is (flavour == "garbage")  # probe only when the version line is unreadable
@@ -195,7 +196,7 @@ def test_traditional_decision_matrix(make_fake, flavour):
 
 def test_garbage_without_traditional_probe(make_fake):
     fake = make_fake("garbage", has_traditional=False)
-    d = q.decide_traditional(q.detect_openssl(str(fake.path)))
+    d = decide_traditional(q.detect_openssl(str(fake.path)))
     assert d.use is False
     assert "does not list" in d.reason
 
@@ -203,7 +204,7 @@ def test_garbage_without_traditional_probe(make_fake):
 @pytest.mark.parametrize(("mode", "use"), [("always", True), ("never", False)])
 def test_traditional_override(make_fake, mode, use):
     fake = make_fake("1.1.1" if use else "3.0")
-    d = q.decide_traditional(q.detect_openssl(str(fake.path)), mode)
+    d = decide_traditional(q.detect_openssl(str(fake.path)), mode)
     assert d.use is use
     assert ["genrsa", "-help"] not in fake.calls()
 

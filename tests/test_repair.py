@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import qredo_openssl as q
+from qredo_openssl._pem import fingerprint
 
 pytestmark = pytest.mark.real_openssl
 
@@ -348,7 +349,7 @@ def test_pubkey_json_and_argv(make_fake: Callable[..., Fake], tmp_path: Path, ke
     assert doc["commands"] == [[str(fake.path), *argv]]
     assert argv in fake.calls()
     assert doc["public_pem"] == keys.public.read_text()
-    assert doc["fingerprint"] == q.fingerprint(keys.public.read_bytes())
+    assert doc["fingerprint"] == fingerprint(keys.public.read_bytes())
     assert doc["warnings"] == []
 
 

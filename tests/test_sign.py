@@ -32,6 +32,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import qredo_openssl as q
+from qredo_openssl._batch import sign_batch
+from qredo_openssl._request import decode_signature, encode_signature
+from qredo_openssl._request import now as sign_now
+from qredo_openssl._sign import sign_request
 
 pytestmark = [
     pytest.mark.real_openssl,
@@ -189,7 +193,7 @@ def test_known_answers_match_cryptography(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_sign_request_known_answers(keydir, openssl, name):
-    signed = q.sign_request(keydir.paths, openssl, URL, BODIES[name], timestamp=TIMESTAMP)
+    signed = sign_request(keydir.paths, openssl, URL, BODIES[name], timestamp=TIMESTAMP)
     assert signed.signature == KNOWN[name]
     assert signed.headers == {"x-api-key": APIKEY, "x-timestamp": TIMESTAMP, "x-sign": KNOWN[name]}
     assert signed.method == ("POST" if BODIES[name] else "GET")
@@ -221,7 +225,7 @@ def test_cli_sign_known_answers_from_files_and_stdin(keydir, tmp_path):
 
 
 def test_nonce_and_defaults(keydir, openssl):
-    signed = q.sign_request(keydir.paths, openssl, URL, b"{}", nonce="n-123", method="put")
+    signed = sign_request(keydir.paths, openssl, URL, b"{}", nonce="n-123", method="put")
     assert signed.timestamp is None
     assert signed.method == "PUT"
     assert list(signed.headers) == ["x-api-key", "x-nonce", "x-sign"]
@@ -229,8 +233,8 @@ def test_nonce_and_defaults(keydir, openssl):
     assert signed.to_json() == {
         "url": URL, "method": "PUT", "nonce": "n-123", "headers": signed.headers,
     }  # fmt: skip
-    before = int(q._sign.now())
-    now = q.sign_request(keydir.paths, openssl, URL)
+    before = int(sign_now())
+    now = sign_request(keydir.paths, openssl, URL)
     assert now.timestamp is not None
     assert before <= int(now.timestamp) <= before + 5
     assert now.method == "GET"
@@ -239,11 +243,11 @@ def test_nonce_and_defaults(keydir, openssl):
 
 @given(st.binary(max_size=600))
 def test_signature_encoding_round_trip(raw):
-    x_sign = q.encode_signature(raw)
+    x_sign = encode_signature(raw)
     assert "=" not in x_sign
     assert not set(x_sign) & set("+/")
     if raw:
-        assert q.decode_signature(x_sign) == raw
+        assert decode_signature(x_sign) == raw
 
 
 @pytest.mark.parametrize(
@@ -258,16 +262,16 @@ def test_signature_encoding_round_trip(raw):
 )
 def test_decode_signature_is_strict(value, says):
     with pytest.raises(q.BadInputError, match=says):
-        q.decode_signature(value)
+        decode_signature(value)
 
 
 # --- verify ----------------------------------------------------------------------------------
 
 
 def _flip_bit(x_sign: str, bit: int = 0) -> str:
-    raw = bytearray(q.decode_signature(x_sign))
+    raw = bytearray(decode_signature(x_sign))
     raw[len(raw) // 2] ^= 1 << bit
-    return q.encode_signature(bytes(raw))
+    return encode_signature(bytes(raw))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -285,7 +289,7 @@ def test_verify_accepts_and_rejects(openssl, name):
     assert not verify(timestamp="1700000001").valid
     assert not verify(sig=_flip_bit(KNOWN[name])).valid
     assert not verify(sig=KNOWN[name][:-4]).valid  # a short signature: OpenSSL says so, exit 1
-    padded = base64.urlsafe_b64encode(q.decode_signature(KNOWN[name])).decode()
+    padded = base64.urlsafe_b64encode(decode_signature(KNOWN[name])).decode()
     assert verify(sig=padded) == q.Verification(
         False, "the signature has '=' padding; x-sign is URL-safe Base64 without padding"
     )
@@ -376,7 +380,7 @@ def test_missing_apikey_is_a_warning(tmp_path, cli):
 def test_sign_rejects_bad_request_values(keydir, openssl, kwargs, says):
     kwargs = {"url": URL, **kwargs}
     with pytest.raises(q.BadInputError, match=says):
-        q.sign_request(keydir.paths, openssl, **kwargs)
+        sign_request(keydir.paths, openssl, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -436,7 +440,7 @@ def test_unusable_private_key_is_bad_input(tmp_path, openssl, content, says):
     if content is not None:
         (kd.dir / "private.pem").write_bytes(content)
     with pytest.raises(q.BadInputError, match=says) as info:
-        q.sign_request(kd.paths, openssl, URL)
+        sign_request(kd.paths, openssl, URL)
     assert info.value.exit_code == 1
 
 
@@ -446,7 +450,7 @@ def test_pkcs8_private_key_signs_the_same(tmp_path, openssl):
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     (kd.dir / "private.pem").write_bytes(pkcs8)
-    signed = q.sign_request(kd.paths, openssl, URL, BODIES["binary"], timestamp=TIMESTAMP)
+    signed = sign_request(kd.paths, openssl, URL, BODIES["binary"], timestamp=TIMESTAMP)
     assert signed.signature == KNOWN["binary"]
 
 
@@ -565,13 +569,13 @@ def test_end_to_end_headers_through_urllib(server, keydir, tmp_path, openssl):
     base, seen = server
     url = f"{base}/api/v1/p/company/transfer?ref=a%20b"
     body = BODIES["crlf-non-ascii"]
-    signed = q.sign_request(keydir.paths, openssl, url, body)
+    signed = sign_request(keydir.paths, openssl, url, body)
     assert _send(url, signed.method, signed.headers, body) == 200
     assert _send(url, signed.method, signed.headers, body + b" ") == 401  # tampered body
     assert _send(url + "&x=1", signed.method, signed.headers, body) == 401  # tampered URL
     other_time = dict(signed.headers, **{"x-timestamp": str(int(str(signed.timestamp)) + 1)})
     assert _send(url, signed.method, other_time, body) == 401
-    nonce = q.sign_request(keydir.paths, openssl, url, nonce="abc-123")
+    nonce = sign_request(keydir.paths, openssl, url, nonce="abc-123")
     assert _send(url, "GET", nonce.headers, None) == 200
     assert seen == [200, 401, 401, 401, 200]
 
@@ -675,7 +679,7 @@ def test_batch_200_in_order_with_a_bad_line(keydir, tmp_path):
 def test_batch_line_errors(keydir, openssl, line, says):
     signer = q.Signer.from_paths(keydir.paths, openssl)
     ok = json.dumps({"url": URL, "timestamp": TIMESTAMP}).encode()
-    items = q.sign_batch(signer, [ok, line, ok], jobs=2)
+    items = sign_batch(signer, [ok, line, ok], jobs=2)
     assert [i.line for i in items] == [1, 2, 3]
     assert items[0].result is not None
     assert items[0].result.signature == KNOWN["empty"]

@@ -1,0 +1,122 @@
+"""What every command shares: the parser class, global and path options, OpenSSL, JSON bits."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import qredo_openssl as q
+
+from .._defaults import DEFAULT_TIMEOUT
+from .._errors import QredoOpenSSLError, UsageError
+from .._ui import Output
+
+if TYPE_CHECKING:
+    from .._openssl import TraditionalDecision
+
+Handler = Callable[[argparse.Namespace, Output], int]
+
+
+class Command:
+    """What ``register(command)`` of a command module is given: adds one subcommand.
+
+    ``command(name, help, handler)`` returns the subcommand's parser with DIR (``many``: any
+    number of DIRs) and the path options already added; ``handler`` runs it.
+    """
+
+    def __init__(self, sub: Any, shared: argparse.ArgumentParser) -> None:
+        self.sub = sub
+        self.shared = shared
+        self.handlers: dict[str, Handler] = {}
+
+    def __call__(
+        self, name: str, help_: str, handler: Handler, *, many: bool = False
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = self.sub.add_parser(
+            name, help=help_, description=help_, parents=[self.shared]
+        )
+        if many:
+            p.add_argument("dirs", nargs="*", metavar="DIR", help="key directories (default: .)")
+        else:
+            p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="default: .")
+        paths_options(p)
+        self.handlers[name] = handler
+        return p
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # "--jso" must not pass for "--json": the mode is decided before parsing
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def common() -> Parser:
+    # Global options are accepted before or after the command; SUPPRESS keeps the
+    # subcommand's parser from resetting a value given before the command.
+    p = Parser(add_help=False)
+    s = argparse.SUPPRESS
+    p.add_argument("--openssl", metavar="PATH", default=s, help="the OpenSSL binary to use")
+    p.add_argument("--json", action="store_true", default=s, help="one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", default=s, help="only data and errors")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", default=s,
+        help=f"kill an OpenSSL command after this long (default {DEFAULT_TIMEOUT:g})",
+    )  # fmt: skip
+    return p
+
+
+def paths_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--private", metavar="FILE", help="private key path (default DIR/private.pem)")
+    p.add_argument("--public", metavar="FILE", help="public key path (default DIR/public.pem)")
+    p.add_argument("--apikey", metavar="FILE", help="API key path (default DIR/apikey)")
+
+
+def traditional_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--traditional", choices=("auto", "always", "never"), default="auto",
+        help="pass -traditional to OpenSSL: auto (OpenSSL >= 3 only), always or never",
+    )  # fmt: skip
+
+
+def key_paths(args: argparse.Namespace, directory: str) -> q.KeyPaths:
+    return q.KeyPaths.in_dir(
+        directory, private=args.private, public=args.public, apikey=args.apikey
+    )
+
+
+def get_openssl(args: argparse.Namespace) -> q.OpenSSL:
+    return q.detect_openssl(getattr(args, "openssl", None), timeout=args.timeout)
+
+
+def openssl_doc(openssl: q.OpenSSL, decision: TraditionalDecision | None) -> dict[str, Any]:
+    v = openssl.version
+    doc: dict[str, Any] = {
+        "path": openssl.path,
+        "version": v.number or None,
+        "flavour": v.flavour,
+        "major": v.major,
+        "minor": v.minor,
+        "patch": v.patch,
+        "letter": v.letter,
+        "raw": v.raw,
+    }
+    if decision is not None:
+        doc["traditional"] = {"use": decision.use, "reason": decision.reason}
+    return doc
+
+
+def describe(openssl: q.OpenSSL) -> str:
+    v = openssl.version
+    name = f"{v.flavour} {v.number}" if v.number else f"unrecognised ({v.raw!r})"
+    return f"{name} at {openssl.path}"
+
+
+def error_doc(exc: QredoOpenSSLError) -> dict[str, Any]:
+    return {"code": exc.exit_code, "message": str(exc)}
+
+
