@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Literal
 
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
-from ._files import KeyPaths
+from ._files import NEXT_DIR, ROTATE_JOURNAL, KeyPaths
 from ._openssl import OpenSSL
 from ._pem import BEGIN_RE, BOM, READ_LIMIT, frame_pem, read_bounded
 from ._run import headline
@@ -274,6 +275,21 @@ def check_apikey(path: str) -> list[Finding]:
     return found
 
 
+def check_rotation(directory: str) -> list[Finding]:
+    """``rotate.pending`` (warn) while a key rotation is in progress; nothing otherwise."""
+    d = shlex.quote(directory)
+    journal = os.path.join(directory, ROTATE_JOURNAL)
+    if os.path.lexists(journal):
+        msg = f"a rotate finish was cut off half-way ({journal}); run: qredo-openssl rotate "
+        return [Finding("rotate.pending", "warn", msg + f"finish {d}")]
+    nxt = os.path.join(directory, NEXT_DIR)
+    if os.path.lexists(nxt):
+        msg = f"a key rotation is in progress ({nxt} holds the next pair); after uploading its "
+        msg += f"public key run: qredo-openssl rotate finish {d}"
+        return [Finding("rotate.pending", "warn", msg)]
+    return []
+
+
 def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
     """Every check of docs/contract.md on a key directory, in a stable order."""
     private, derived = check_private(paths.private, openssl)
@@ -281,6 +297,7 @@ def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
         *private,
         *check_public(paths.public, derived, paths.private, openssl),
         *check_apikey(paths.apikey),
+        *check_rotation(paths.dir),
     ]
 
 

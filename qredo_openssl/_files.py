@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 
 from ._errors import BadInputError, RefusedOverwriteError, UsageError
 
+# A key rotation in progress (``rotate``): the next pair lives in DIR/next/; a finish that is
+# swapping the pairs writes its steps down in DIR/rotate.journal first.
+NEXT_DIR = "next"
+ROTATE_JOURNAL = "rotate.journal"
+
 
 def ensure_dir(path: str) -> None:
     """Create a key directory (0700) if missing; refuse a file in its place."""
@@ -60,12 +65,16 @@ def backup_name(path: str, now: float | None = None) -> str:
     return candidate
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the names in ``path`` (links, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_dir
 
 
 def write_private(path: str, data: bytes, mode: int = 0o600) -> None:

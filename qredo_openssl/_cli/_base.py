@@ -25,10 +25,17 @@ class Command:
     number of DIRs) and the path options already added; ``handler`` runs it.
     """
 
-    def __init__(self, sub: Any, shared: argparse.ArgumentParser) -> None:
+    def __init__(
+        self,
+        sub: Any,
+        shared: argparse.ArgumentParser,
+        prefix: str = "",
+        handlers: dict[str, Handler] | None = None,
+    ) -> None:
         self.sub = sub
         self.shared = shared
-        self.handlers: dict[str, Handler] = {}
+        self.prefix = prefix  # "rotate " for the subcommands of a group
+        self.handlers: dict[str, Handler] = {} if handlers is None else handlers
 
     def __call__(
         self, name: str, help_: str, handler: Handler, *, many: bool = False
@@ -41,8 +48,19 @@ class Command:
         else:
             p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="default: .")
         paths_options(p)
-        self.handlers[name] = handler
+        if self.prefix:  # the deepest parser's default wins: args.command is "rotate start"
+            p.set_defaults(command=self.prefix + name)
+        self.handlers[self.prefix + name] = handler
         return p
+
+    def group(self, name: str, help_: str) -> tuple[Command, argparse.ArgumentParser]:
+        """A command with subcommands (``rotate start``): their registrar, and its parser."""
+        p: argparse.ArgumentParser = self.sub.add_parser(
+            name, help=help_, description=help_, parents=[self.shared]
+        )
+        sub = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", parser_class=Parser)
+        sub.required = True
+        return Command(sub, self.shared, f"{self.prefix}{name} ", self.handlers), p
 
 
 class Parser(argparse.ArgumentParser):
