@@ -1,0 +1,565 @@
+"""rotate: the next pair beside the live one, a swap no crash or signal leaves half-done."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import qredo_openssl as q
+from qredo_openssl import _journal, _rotate
+from qredo_openssl._errors import QredoOpenSSLError
+from qredo_openssl._pem import fingerprint
+
+real = pytest.mark.real_openssl
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+BAK = r"\.\d{8}T\d{6}Z(\.\d+)?\.bak"
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+def tree(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every name under ``root`` with its bytes (None for a directory) and mode."""
+    out: dict[str, tuple[bytes | None, int]] = {}
+    for p in sorted(root.rglob("*")):
+        data = None if p.is_dir() else p.read_bytes()
+        out[str(p.relative_to(root))] = (data, mode(p))
+    return out
+
+
+def private_keys(root: Path) -> set[bytes]:
+    """The bytes of every private key file anywhere under ``root``."""
+    return {
+        p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and b"PRIVATE KEY-----" in p.read_bytes()[:64]
+    }
+
+
+@pytest.fixture(scope="module")
+def new_key() -> tuple[bytes, bytes]:
+    """A second 2048-bit key (PKCS#1 PEM, SPKI PEM), made by the independent oracle."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+@pytest.fixture
+def key_dir(keys, tmp_path: Path) -> Path:
+    """A key directory holding the session's live pair."""
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    shutil.copyfile(keys.pkcs1, d / "private.pem")
+    shutil.copyfile(keys.public, d / "public.pem")
+    os.chmod(d / "private.pem", 0o600)
+    os.chmod(d / "public.pem", 0o644)
+    return d
+
+
+def put_next(d: Path, new_key: tuple[bytes, bytes]) -> None:
+    """What ``rotate start`` leaves, without spending a genrsa on it."""
+    n = d / "next"
+    n.mkdir(mode=0o700)
+    (n / "private.pem").write_bytes(new_key[0])
+    (n / "public.pem").write_bytes(new_key[1])
+    os.chmod(n / "private.pem", 0o600)
+
+
+@pytest.fixture
+def rotating(key_dir: Path, new_key: tuple[bytes, bytes]) -> Path:
+    put_next(key_dir, new_key)
+    return key_dir
+
+
+def assert_rotated(d: Path, old: bytes, old_public: bytes, new_key: tuple[bytes, bytes]) -> None:
+    """The new pair at the final names, the old pair in backups, nothing else left."""
+    assert (d / "private.pem").read_bytes() == new_key[0]
+    assert (d / "public.pem").read_bytes() == new_key[1]
+    names = sorted(p.name for p in d.iterdir())
+    assert len(names) == 4, names
+    priv_bak = [n for n in names if re.fullmatch(r"private\.pem" + BAK, n)]
+    pub_bak = [n for n in names if re.fullmatch(r"public\.pem" + BAK, n)]
+    assert len(priv_bak) == len(pub_bak) == 1, names
+    assert (d / priv_bak[0]).read_bytes() == old
+    assert mode(d / priv_bak[0]) == 0o600
+    assert (d / pub_bak[0]).read_bytes() == old_public
+
+
+@real
+def test_full_cycle(key_dir: Path, keys):
+    old, old_public = keys.pkcs1.read_bytes(), keys.public.read_bytes()
+    r = run_cli("rotate", "start", str(key_dir))
+    assert r.returncode == 0, r.stderr
+    n = key_dir / "next"
+    assert r.stdout == (n / "public.pem").read_text()
+    assert "rotate finish" in r.stderr
+    assert "Upload Public Key" in r.stderr
+    assert (mode(n), mode(n / "private.pem"), mode(n / "public.pem")) == (0o700, 0o600, 0o644)
+    assert sorted(p.name for p in n.iterdir()) == ["private.pem", "public.pem"]
+    new_key = ((n / "private.pem").read_bytes(), (n / "public.pem").read_bytes())
+    assert new_key[0].startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
+    assert (
+        serialization.load_pem_private_key(new_key[0], None)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        == new_key[1]
+    )
+
+    before = tree(key_dir)
+    r = run_cli("rotate", "start", str(key_dir))
+    assert r.returncode == 4
+    assert "already in progress" in r.stderr
+    assert tree(key_dir) == before
+
+    r = run_cli("rotate", "status", str(key_dir))
+    assert r.returncode == 0, r.stderr
+    assert fingerprint(old_public) in r.stdout
+    assert fingerprint(new_key[1]) in r.stdout
+    assert "half-done no" in " ".join(r.stdout.split())
+
+    r = run_cli("rotate", "finish", str(key_dir))
+    assert r.returncode == 0, r.stderr
+    assert fingerprint(new_key[1]) in r.stderr
+    assert_rotated(key_dir, old, old_public, new_key)
+    assert run_cli("check", str(key_dir)).returncode == 0
+
+    after = tree(key_dir)
+    r = run_cli("rotate", "finish", str(key_dir))
+    assert r.returncode == 1
+    assert "no rotation in progress" in r.stderr
+    assert tree(key_dir) == after
+    assert "Traceback" not in r.stderr
+
+
+def test_start_dry_run_writes_nothing(key_dir: Path, make_fake):
+    fake = make_fake("3.0")
+    before = tree(key_dir)
+    r = run_cli("--json", "rotate", "start", "--dry-run", "--openssl", str(fake.path), str(key_dir))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["dry_run"] is True
+    assert doc["next_dir"] == str(key_dir / "next")
+    assert doc["commands"][0][1:] == ["genrsa", "-traditional", "-out", "private.pem", "2048"]
+    assert tree(key_dir) == before
+    assert [c[0] for c in fake.calls()] == ["version"]
+
+
+def test_start_with_fake_openssl_and_refusals(key_dir: Path, make_fake, tmp_path: Path):
+    fake = make_fake("1.1.1")
+    r = run_cli("rotate", "start", "--openssl", str(fake.path), str(key_dir))
+    assert r.returncode == 0, r.stderr
+    assert ["genrsa", "-out", "private.pem", "2048"] in fake.calls()  # no -traditional on 1.1.1
+    assert (key_dir / "next" / "private.pem").exists()
+    # no current key: nothing to rotate (exit 1), before any OpenSSL runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("rotate", "start", "--openssl", "/nonexistent", str(empty))
+    assert r.returncode == 1
+    assert "keygen" in r.stderr
+    assert list(empty.iterdir()) == []
+
+
+def test_failed_start_leaves_no_next_dir(key_dir: Path, make_fake):
+    fake = make_fake("3.0", genrsa_action="exit 1")
+    r = run_cli("rotate", "start", "--openssl", str(fake.path), str(key_dir))
+    assert r.returncode == 3
+    assert sorted(p.name for p in key_dir.iterdir()) == ["private.pem", "public.pem"]
+
+
+def test_token_key_is_refused(key_dir: Path):
+    (key_dir / "private.uri").write_text("pkcs11:token=T;object=O\n")
+    r = run_cli("rotate", "start", "--openssl", "/nonexistent", str(key_dir))
+    assert r.returncode == 1
+    assert "PKCS#11" in r.stderr
+    assert "keygen --pkcs11" in r.stderr
+    assert not (key_dir / "next").exists()
+
+
+def test_abort(rotating: Path, keys):
+    current = tree(rotating)
+    nxt = {k: v for k, v in current.items() if k.startswith("next")}
+    r = run_cli("rotate", "abort", str(rotating))
+    assert r.returncode == 0, r.stderr
+    kept = [p for p in rotating.iterdir() if re.fullmatch("next" + BAK, p.name)]
+    assert len(kept) == 1
+    assert kept[0].is_dir()
+    assert mode(kept[0]) == 0o700
+    assert {k.replace(kept[0].name, "next", 1): v for k, v in tree(rotating).items()} == current
+    assert tree(kept[0]) == {k[len("next/") :]: v for k, v in nxt.items() if k != "next"}
+    assert (rotating / "private.pem").read_bytes() == keys.pkcs1.read_bytes()
+
+    r = run_cli("--json", "rotate", "abort", str(rotating))
+    assert r.returncode == 1
+    assert "no rotation in progress" in json.loads(r.stdout)["error"]["message"]
+    r = run_cli("rotate", "start", "--dry-run", str(rotating))  # a new rotation may start
+    assert r.returncode == 0, r.stderr
+
+
+def test_status_json_shape(rotating: Path, keys, new_key):
+    r = run_cli("--json", "rotate", "status", str(rotating))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"current", "next", "half_done"}
+    assert set(doc["current"]) == set(doc["next"]) == {"fingerprint", "since"}
+    assert doc["current"]["fingerprint"] == fingerprint(keys.public.read_bytes())
+    assert doc["next"]["fingerprint"] == fingerprint(new_key[1])
+    assert ISO.match(doc["current"]["since"])
+    assert ISO.match(doc["next"]["since"])
+    os.utime(rotating / "private.pem", (0, 86400 * 365))
+    doc = json.loads(run_cli("--json", "rotate", "status", str(rotating)).stdout)
+    assert doc["current"]["since"] == "1971-01-01T00:00:00Z"
+    assert doc["half_done"] is False
+
+    shutil.rmtree(rotating / "next")
+    doc = json.loads(run_cli("--json", "rotate", "status", str(rotating)).stdout)
+    assert doc["next"] is None
+    assert doc["half_done"] is False
+    r = run_cli("--json", "rotate", "status", str(rotating / "nope"))
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["error"]["code"] == 1
+
+
+@real
+def test_check_reports_a_rotation_in_progress(rotating: Path, tmp_path: Path):
+    def pending(d: Path) -> list[dict[str, str]]:
+        r = run_cli("--json", "check", str(d))
+        assert r.returncode == 0, r.stderr
+        return [f for f in json.loads(r.stdout) if f["name"] == "rotate.pending"]
+
+    [f] = pending(rotating)
+    assert f["status"] == "warn"
+    assert f"rotate finish {rotating}" in f["message"]
+    (rotating / "rotate.journal").write_text("{")
+    [f] = pending(rotating)
+    assert "cut off" in f["message"]
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0
+    assert pending(rotating) == []
+
+
+class ProbeFailed(QredoOpenSSLError):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"probe: exit {code}")
+        self.exit_code = code
+
+
+@real
+@pytest.mark.parametrize("code", [5, 6, 3])
+def test_failing_probe_changes_nothing(rotating: Path, code: int):
+    seen: list[q.KeyPaths] = []
+
+    def probe(paths: q.KeyPaths) -> None:
+        seen.append(paths)
+        raise ProbeFailed(code)
+
+    before = tree(rotating)
+    paths = q.KeyPaths.in_dir(str(rotating))
+    with pytest.raises(ProbeFailed) as info:
+        _rotate.finish_rotation(paths, q.detect_openssl(), probe=probe)
+    assert info.value.exit_code == code
+    assert tree(rotating) == before
+    assert seen[0].private == str(rotating / "next" / "private.pem")
+    assert seen[0].apikey == str(rotating / "apikey")  # the API key stays DIR's
+
+
+@real
+def test_passing_probe_promotes(rotating: Path, keys, new_key):
+    seen: list[bytes] = []
+    paths = q.KeyPaths.in_dir(str(rotating))
+    r = _rotate.finish_rotation(
+        paths, q.detect_openssl(), probe=lambda p: seen.append(Path(p.private).read_bytes())
+    )
+    assert seen == [new_key[0]]  # it was given the next key, before the swap
+    assert r.fingerprint == fingerprint(new_key[1])
+    assert r.old_fingerprint == fingerprint(keys.public.read_bytes())
+    assert not r.resumed
+    assert r.kept_next is None
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
+def test_probe_option_is_not_available_yet(rotating: Path):
+    before = tree(rotating)
+    r = run_cli("rotate", "finish", "--probe", "https://api.example/x", str(rotating))
+    assert r.returncode == 2
+    assert "not available yet" in r.stderr
+    r = run_cli("rotate", "finish", "--cacert", "ca.pem", str(rotating))
+    assert r.returncode == 2
+    assert tree(rotating) == before
+
+
+@real
+def test_bad_next_pair_changes_nothing(rotating: Path, keys):
+    shutil.copyfile(keys.public, rotating / "next" / "public.pem")  # not the next key's half
+    before = tree(rotating)
+    r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 1
+    assert "public.matches" in r.stderr
+    assert "nothing was changed" in r.stderr
+    assert tree(rotating) == before
+
+
+@real
+def test_other_files_in_next_are_kept(rotating: Path, keys, new_key):
+    (rotating / "next" / "apikey").write_text("QUJD\n")
+    r = run_cli("--json", "rotate", "finish", str(rotating))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert re.fullmatch(re.escape(str(rotating / "next")) + BAK, doc["kept_next"])
+    assert Path(doc["kept_next"], "apikey").read_text() == "QUJD\n"
+    assert doc["fingerprint"] == fingerprint(new_key[1])
+    assert [Path(b).read_bytes() for b in doc["backups"]] == [
+        keys.pkcs1.read_bytes(),
+        keys.public.read_bytes(),
+    ]
+
+
+def test_help_ends_with_examples_and_exit_codes():
+    for sub in ("start", "status", "finish", "abort"):
+        r = run_cli("rotate", sub, "--help")
+        assert r.returncode == 0
+        text = r.stdout
+        assert "examples:" in text
+        assert f"qredo-openssl rotate {sub}" in text
+        assert text.rstrip().split("exit codes:")[-1].strip().startswith("0")
+
+
+def test_signals_are_held_while_swapping():
+    reached = []
+
+    def swap() -> None:
+        with _journal.signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the signal arrives here, and waits
+            reached.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        swap()
+    assert reached == [True]
+
+
+# -- crashes: a finish cut off at every step, then completed ------------------------------
+
+
+class Crash(BaseException):
+    """A SIGKILL, in-process: nothing of ours catches it, no ``finally`` of ours cleans up."""
+
+
+MUTATIONS = ("link", "chmod", "replace", "rmdir", "rename", "unlink")
+
+
+def crash_at(monkeypatch, root: Path, k: int) -> list[str]:
+    """Make the k-th file operation under ``root`` raise :class:`Crash` instead of running."""
+    done: list[str] = []
+    for name in MUTATIONS:
+        real_op = getattr(os, name)
+
+        def op(*a, _name=name, _real=real_op, **kw):
+            if str(a[0]).startswith(str(root)):
+                if len(done) == k:
+                    raise Crash(_name)
+                done.append(_name)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(os, name, op)
+    return done
+
+
+@real
+def test_crash_at_every_step_then_finish(rotating: Path, keys, new_key, monkeypatch):
+    openssl = q.detect_openssl()
+    old, old_public = keys.pkcs1.read_bytes(), keys.public.read_bytes()
+    template = rotating.parent / "template"
+    shutil.copytree(rotating, template)
+    paths = q.KeyPaths.in_dir(str(rotating))
+    k = 0
+    while True:
+        shutil.rmtree(rotating)
+        shutil.copytree(template, rotating)
+        with monkeypatch.context() as m:
+            done = crash_at(m, rotating, k)
+            try:
+                _rotate.finish_rotation(paths, openssl)
+            except Crash:
+                pass
+            else:
+                break  # k is past the last step
+        assert private_keys(rotating) >= {old, new_key[0]}, (k, done)
+        st = _rotate.rotation_status(paths)
+        assert st.half_done is (rotating / "rotate.journal").exists(), (k, done)
+        if st.half_done:
+            r = run_cli("rotate", "abort", str(rotating))
+            assert r.returncode == 4
+            assert "cut off half-way" in r.stderr
+            assert run_cli("rotate", "start", "--dry-run", str(rotating)).returncode == 4
+        r = run_cli("--json", "rotate", "finish", str(rotating))
+        assert r.returncode == 0, (k, done, r.stderr)
+        assert json.loads(r.stdout)["resumed"] is st.half_done
+        assert_rotated(rotating, old, old_public, new_key)
+        k += 1
+    assert done == ["chmod", "link", "chmod", "replace", "link", "replace", "rmdir", "unlink"]
+    assert k == len(done)
+
+
+@real
+def test_torn_journal_is_dropped(rotating: Path, keys, new_key, monkeypatch):
+    """Cut off while writing the journal: no step was taken; finish starts afresh."""
+    (rotating / "rotate.journal").write_bytes(b'{"format": "qredo-openssl rotate journal", "ver')
+    st = _rotate.rotation_status(q.KeyPaths.in_dir(str(rotating)))
+    assert st.half_done is False
+    assert st.next is not None
+    doc = json.loads(run_cli("--json", "rotate", "status", str(rotating)).stdout)
+    assert doc["half_done"] is False
+    r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 0, r.stderr
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
+def test_changed_file_is_not_moved_blindly(rotating: Path, new_key, monkeypatch):
+    """A journal whose files changed since: refused, one line, every key still there."""
+    paths = q.KeyPaths.in_dir(str(rotating))
+    with monkeypatch.context() as m:
+        crash_at(m, rotating, 3)  # after both links... of the private key, before its replace
+        with pytest.raises(Crash):
+            _rotate.finish_rotation(paths, q.detect_openssl())
+    (rotating / "next" / "private.pem").write_bytes(b"someone else's\n")
+    keys_before = private_keys(rotating)
+    r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 1
+    assert "neither the old nor the new" in r.stderr
+    assert private_keys(rotating) == keys_before
+
+
+# -- real processes: SIGKILL at random points, SIGTERM ------------------------------------
+
+SLOW = r"""
+import os, sys, time
+root, log = sys.argv[1], sys.argv[2]
+def slowed(name):
+    real = getattr(os, name)
+    def op(*a, **kw):
+        path = str(a[0])
+        marked = path.startswith(root) and (
+            name != "open" or (path == root and a[1] & os.O_DIRECTORY)  # the lock: before all
+        )
+        if marked:
+            with open(log, "a") as f:
+                f.write(name + "\n")
+            time.sleep(0.02)
+        return real(*a, **kw)
+    setattr(os, name, op)
+for n in ("open", "link", "chmod", "replace", "rmdir", "unlink"):
+    slowed(n)
+sys.argv = ["qredo-openssl", *sys.argv[3:]]
+from qredo_openssl._console import console_main
+console_main()
+"""
+
+
+def _spawn(d: Path, log: Path | None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+    if log is None:
+        argv = [sys.executable, "-m", "qredo_openssl", "rotate", "finish", str(d)]
+    else:
+        argv = [sys.executable, "-c", SLOW, str(d), str(log), "rotate", "finish", str(d)]
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _marks(log: Path) -> int:
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def _kill_at(d: Path, log: Path | None, mark: int, delay: float, sig: int) -> tuple[int, str]:
+    proc = _spawn(d, log)
+    deadline = time.monotonic() + 30
+    while log is not None and _marks(log) < mark and proc.poll() is None:
+        assert time.monotonic() < deadline, "the marks never came"
+        time.sleep(0.002)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@real
+def test_sigkill_at_random_points_then_finish(rotating: Path, keys, new_key):
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    old, old_public = keys.pkcs1.read_bytes(), keys.public.read_bytes()
+    # marks 1-9: the lock, the journal's chmod, link, chmod, replace, link, replace, rmdir,
+    # unlink (see SLOW); each run is killed before the op of its mark (0: at once)
+    runs = [(f"m{i}", i % 10, rng.uniform(0, 0.02)) for i in range(1, 11)]
+    runs += [(f"t{i}", None, rng.uniform(0.05, 0.6)) for i in range(3)]  # plain, a random time
+    dirs = {}
+    for name, _, _ in runs:
+        dirs[name] = rotating.parent / name
+        shutil.copytree(rotating, dirs[name])
+
+    def one(run: tuple[str, int | None, float]) -> tuple[int, str]:
+        name, mark, delay = run
+        log = None if mark is None else rotating.parent / f"{name}.log"
+        return _kill_at(dirs[name], log, mark or 0, delay, signal.SIGKILL)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(one, runs))
+    for (name, mark, delay), (code, err) in zip(runs, results):
+        d = dirs[name]
+        why = f"seed {seed}, run {name}, mark {mark}, delay {delay:.3f}: {code} {err}"
+        assert "Traceback" not in err, why
+        assert private_keys(d) >= {old, new_key[0]}, why
+        st = json.loads(run_cli("--json", "rotate", "status", str(d)).stdout)
+        assert st["half_done"] is (d / "rotate.journal").exists(), why
+        r = run_cli("rotate", "finish", str(d))
+        finished = r.returncode == 1 and "no rotation in progress" in r.stderr
+        assert r.returncode == 0 or finished, why + r.stderr
+        assert_rotated(d, old, old_public, new_key)
+        assert private_keys(d) == {old, new_key[0]}, why
+
+
+@real
+@pytest.mark.parametrize(
+    ("mark", "expect"),
+    [
+        pytest.param(1, "old", id="at-the-lock"),
+        pytest.param(3, "new", id="at-the-first-link"),
+        pytest.param(6, "new", id="between-the-two-replaces"),
+    ],
+)
+def test_sigterm_during_finish_leaves_old_or_new(rotating: Path, keys, new_key, mark, expect):
+    log = rotating.parent / "marks.log"
+    code, err = _kill_at(rotating, log, mark, 0.005, signal.SIGTERM)
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert not (rotating / "rotate.journal").exists()
+    if expect == "old":
+        assert "nothing was changed" in err
+        assert (rotating / "private.pem").read_bytes() == keys.pkcs1.read_bytes()
+        assert (rotating / "public.pem").read_bytes() == keys.public.read_bytes()
+        assert (rotating / "next" / "private.pem").read_bytes() == new_key[0]
+    else:
+        assert "the rotation was completed" in err
+        assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
