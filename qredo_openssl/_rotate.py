@@ -136,8 +136,8 @@ def _iso(mtime: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _pair_state(private: str, public: str) -> PairState | None:
-    if not os.path.lexists(private) and not os.path.lexists(public):
+def _pair_state(private: str, public: str, *, always: bool = False) -> PairState | None:
+    if not always and not os.path.lexists(private) and not os.path.lexists(public):
         return None
     fp = since = None
     with contextlib.suppress(BadInputError):
@@ -161,7 +161,7 @@ def rotation_status(paths: KeyPaths) -> RotationStatus:
     return RotationStatus(
         paths.dir,
         _pair_state(paths.private, paths.public),
-        _pair_state(n.private, n.public) if os.path.lexists(n.dir) else None,
+        _pair_state(n.private, n.public, always=True) if os.path.lexists(n.dir) else None,
         half_done,
         journal if os.path.lexists(journal) else None,
     )

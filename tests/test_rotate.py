@@ -563,3 +563,26 @@ def test_sigterm_during_finish_leaves_old_or_new(rotating: Path, keys, new_key, 
     else:
         assert "the rotation was completed" in err
         assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
+def test_a_start_cut_off_is_reported_and_dropped(key_dir: Path):
+    """A SIGKILLed start leaves next/ without a pair: status says so, finish refuses, abort."""
+    (key_dir / "next" / ".qredo-openssl-x").mkdir(parents=True)
+    r = run_cli("--json", "rotate", "status", str(key_dir))
+    assert json.loads(r.stdout)["next"] == {"fingerprint": None, "since": None}
+    r = run_cli("rotate", "status", str(key_dir))
+    assert "rotate abort" in r.stderr
+    r = run_cli("rotate", "finish", str(key_dir))
+    assert r.returncode == 1
+    assert "private.exists" in r.stderr
+    assert run_cli("rotate", "abort", str(key_dir)).returncode == 0
+    names = sorted(p.name for p in key_dir.iterdir())
+    assert names[1:] == ["private.pem", "public.pem"]
+    assert re.fullmatch("next" + BAK, names[0])
+
+
+def test_status_imports_nothing_heavy(rotating: Path):
+    from test_imports import HEAVY, imported
+
+    mods = imported("--json", "rotate", "status", str(rotating))
+    assert [m for m in HEAVY if m in mods] == []

@@ -187,9 +187,13 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     out.data(_pair_line("current", st.current, f"none (no key in {paths.dir})"))
     out.data(_pair_line("next", st.next, "none (no rotation in progress)"))
     out.data(f"{'half-done':<9} {'yes' if st.half_done else 'no'}")
-    finish = f"qredo-openssl rotate finish {shlex.quote(paths.dir)}"
+    d = shlex.quote(paths.dir)
+    finish = f"qredo-openssl rotate finish {d}"
     if st.half_done:
         out.warn(f"a rotate finish was cut off half-way; complete it: {finish}")
+    elif st.next is not None and (st.next.fingerprint is None or st.next.since is None):
+        n = _rotate.next_paths(paths).dir
+        out.warn(f"{n} holds no complete pair; drop it: qredo-openssl rotate abort {d}")
     elif st.next is not None:
         out.info(f"After uploading {_rotate.next_paths(paths).public}, run: {finish}")
     return 0
