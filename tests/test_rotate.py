@@ -413,7 +413,9 @@ def test_crash_at_every_step_then_finish(rotating: Path, keys, new_key, monkeypa
             assert r.returncode == 4
             assert "cut off half-way" in r.stderr
             assert run_cli("rotate", "start", "--dry-run", str(rotating)).returncode == 4
-        r = run_cli("--json", "rotate", "finish", str(rotating))
+        # completing needs no OpenSSL: its checks were passed before the journal was written
+        no_openssl = ("--openssl", "/nonexistent") if st.half_done else ()
+        r = run_cli("--json", "rotate", "finish", *no_openssl, str(rotating))
         assert r.returncode == 0, (k, done, r.stderr)
         assert json.loads(r.stdout)["resumed"] is st.half_done
         assert_rotated(rotating, old, old_public, new_key)
@@ -511,8 +513,8 @@ def test_sigkill_at_random_points_then_finish(rotating: Path, keys, new_key):
     rng.seed(seed)
     old, old_public = keys.pkcs1.read_bytes(), keys.public.read_bytes()
     # marks 1-9: the lock, the journal's chmod, link, chmod, replace, link, replace, rmdir,
-    # unlink (see SLOW); each run is killed before the op of its mark (0: at once)
-    runs = [(f"m{i}", i % 10, rng.uniform(0, 0.02)) for i in range(1, 11)]
+    # unlink (see SLOW); each run is killed before the op of its mark, or at a random time
+    runs = [(f"m{i}", i, rng.uniform(0, 0.02)) for i in range(1, 10)]
     runs += [(f"t{i}", None, rng.uniform(0.05, 0.6)) for i in range(3)]  # plain, a random time
     dirs = {}
     for name, _, _ in runs:
@@ -532,7 +534,8 @@ def test_sigkill_at_random_points_then_finish(rotating: Path, keys, new_key):
         assert "Traceback" not in err, why
         assert private_keys(d) >= {old, new_key[0]}, why
         st = json.loads(run_cli("--json", "rotate", "status", str(d)).stdout)
-        assert st["half_done"] is (d / "rotate.journal").exists(), why
+        journal = _journal.read_journal(str(d / "rotate.journal"))  # a SIGKILL may tear it
+        assert st["half_done"] is isinstance(journal, _journal.Journal), why
         r = run_cli("rotate", "finish", str(d))
         finished = r.returncode == 1 and "no rotation in progress" in r.stderr
         assert r.returncode == 0 or finished, why + r.stderr
