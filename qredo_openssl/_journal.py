@@ -111,6 +111,15 @@ def _inconsistent(journal_path: str, path: str) -> BadInputError:
     return BadInputError(msg)
 
 
+def untouched(directory: str, journal: Journal) -> bool:
+    """True when no step of ``journal`` was taken yet: every live file old, no backup made."""
+    return all(
+        digest(os.path.join(directory, m.current)) == m.old
+        and not os.path.lexists(os.path.join(directory, m.backup))
+        for m in journal.moves
+    )
+
+
 def take_steps(directory: str, journal: Journal, journal_path: str) -> str | None:
     """Take every step not yet taken, then remove the journal.
 

@@ -37,6 +37,7 @@ from ._journal import (
     read_journal,
     signals_held,
     take_steps,
+    untouched,
     write_journal,
 )
 from ._keygen import KeygenPlan, KeygenResult, generate_keypair
@@ -220,6 +221,10 @@ def _plan(paths: KeyPaths, openssl: OpenSSL | None) -> Journal:
         msg = f"no current public key at {paths.public}: restore it first, or derive it with: "
         msg += f"qredo-openssl pubkey {_q(paths.dir)}"
         raise BadInputError(msg)
+    for p in (n.private, n.public):
+        if os.path.islink(p):  # moved into DIR, a relative link would point elsewhere
+            msg = f"{p} is a symbolic link; rotate start makes regular files: put the file there"
+            raise BadInputError(msg)
     if openssl is None:
         msg = "OpenSSL is needed to check the next pair"
         raise OpenSSLError(msg)
@@ -267,7 +272,7 @@ def finish_rotation(
         found = read_journal(jpath)
         if isinstance(found, Journal):
             with signals_held():
-                kept = take_steps(paths.dir, found, jpath)
+                kept = _steps(paths, found, jpath)
             return _finished(paths, found, resumed=True, kept=kept)
         if found == TORN:
             os.unlink(jpath)  # cut off while written: no step was taken after it
@@ -276,8 +281,22 @@ def finish_rotation(
             probe(next_paths(paths))
         with signals_held():
             write_journal(jpath, journal)
-            kept = take_steps(paths.dir, journal, jpath)
+            kept = _steps(paths, journal, jpath)
         return _finished(paths, journal, resumed=False, kept=kept)
+
+
+def _steps(paths: KeyPaths, journal: Journal, jpath: str) -> str | None:
+    """:func:`take_steps`; a filesystem that refuses the very first one leaves no journal."""
+    try:
+        return take_steps(paths.dir, journal, jpath)
+    except OSError as exc:
+        why = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        msg = f"cannot swap the pairs in {paths.dir} ({why}); "
+        if untouched(paths.dir, journal):
+            os.unlink(jpath)
+            raise BadInputError(msg + "nothing was changed") from None
+        msg += f"fix that, then complete it with: qredo-openssl rotate finish {_q(paths.dir)}"
+        raise BadInputError(msg) from None
 
 
 def _finished(paths: KeyPaths, j: Journal, *, resumed: bool, kept: str | None) -> FinishResult:

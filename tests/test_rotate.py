@@ -335,6 +335,17 @@ def test_other_files_in_next_are_kept(rotating: Path, keys, new_key):
     ]
 
 
+def test_nested_usage_errors():
+    r = run_cli("rotate")
+    assert r.returncode == 2
+    assert "qredo-openssl rotate" in r.stderr
+    r = run_cli("--json", "rotate", "frob")
+    assert r.returncode == 2
+    assert "invalid choice" in json.loads(r.stdout)["error"]["message"]
+    r = run_cli("rotate", "status", "--bits", "2048")
+    assert r.returncode == 2
+
+
 def test_help_ends_with_examples_and_exit_codes():
     for sub in ("start", "status", "finish", "abort"):
         r = run_cli("rotate", sub, "--help")
@@ -369,8 +380,8 @@ class Crash(BaseException):
 MUTATIONS = ("link", "chmod", "replace", "rmdir", "rename", "unlink")
 
 
-def crash_at(monkeypatch, root: Path, k: int) -> list[str]:
-    """Make the k-th file operation under ``root`` raise :class:`Crash` instead of running."""
+def crash_at(monkeypatch, root: Path, k: int, error: BaseException | None = None) -> list[str]:
+    """Make the k-th file operation under ``root`` raise :class:`Crash` (or ``error``)."""
     done: list[str] = []
     for name in MUTATIONS:
         real_op = getattr(os, name)
@@ -378,7 +389,8 @@ def crash_at(monkeypatch, root: Path, k: int) -> list[str]:
         def op(*a, _name=name, _real=real_op, **kw):
             if str(a[0]).startswith(str(root)):
                 if len(done) == k:
-                    raise Crash(_name)
+                    done.append(f"({_name} failed)")  # once: what follows runs
+                    raise error or Crash(_name)
                 done.append(_name)
             return _real(*a, **kw)
 
@@ -422,6 +434,41 @@ def test_crash_at_every_step_then_finish(rotating: Path, keys, new_key, monkeypa
         k += 1
     assert done == ["chmod", "link", "chmod", "replace", "link", "replace", "rmdir", "unlink"]
     assert k == len(done)
+
+
+@real
+@pytest.mark.parametrize(("k", "changed"), [(1, False), (3, True)], ids=["link", "replace"])
+def test_a_refused_step(rotating: Path, keys, new_key, monkeypatch, k, changed):
+    """A filesystem error: at the first step nothing changed and no journal is left; later,
+    the journal stays for the next finish to complete."""
+    before = tree(rotating)
+    with monkeypatch.context() as m:
+        crash_at(m, rotating, k, OSError(1, "Operation not permitted"))
+        r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 1
+    assert "Operation not permitted" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (rotating / "rotate.journal").exists() is changed
+    if not changed:
+        assert "nothing was changed" in r.stderr
+        assert tree(rotating) == before
+    else:
+        assert f"rotate finish {rotating}" in r.stderr
+        assert private_keys(rotating) == {keys.pkcs1.read_bytes(), new_key[0]}
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
+@real
+def test_symlinks_in_next_are_refused(rotating: Path, tmp_path: Path):
+    target = tmp_path / "elsewhere.pem"
+    (rotating / "next" / "private.pem").rename(target)
+    (rotating / "next" / "private.pem").symlink_to(target)
+    before = tree(rotating)
+    r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 1
+    assert "symbolic link" in r.stderr
+    assert tree(rotating) == before
 
 
 @real
