@@ -472,6 +472,34 @@ def test_symlinks_in_next_are_refused(rotating: Path, tmp_path: Path):
 
 
 @real
+def test_a_reader_never_finds_the_key_missing(rotating: Path, keys, new_key):
+    """While finish swaps, the live names always hold the old file or the new one."""
+    import threading
+
+    seen: set[bytes] = set()
+    missing: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for name in ("private.pem", "public.pem"):
+                try:
+                    seen.add((rotating / name).read_bytes())
+                except FileNotFoundError:
+                    missing.append(name)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        _rotate.finish_rotation(q.KeyPaths.in_dir(str(rotating)), q.detect_openssl())
+    finally:
+        stop.set()
+        reader.join()
+    assert missing == []
+    assert seen <= {keys.pkcs1.read_bytes(), keys.public.read_bytes(), *new_key}
+
+
+@real
 def test_torn_journal_is_dropped(rotating: Path, keys, new_key, monkeypatch):
     """Cut off while writing the journal: no step was taken; finish starts afresh."""
     (rotating / "rotate.journal").write_bytes(b'{"format": "qredo-openssl rotate journal", "ver')
