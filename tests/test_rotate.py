@@ -169,8 +169,13 @@ def test_start_dry_run_writes_nothing(key_dir: Path, make_fake):
 
 def test_start_with_fake_openssl_and_refusals(key_dir: Path, make_fake, tmp_path: Path):
     fake = make_fake("1.1.1")
-    r = run_cli("rotate", "start", "--openssl", str(fake.path), str(key_dir))
+    r = run_cli("--json", "rotate", "start", "--openssl", str(fake.path), str(key_dir))
     assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["public_pem"] == (key_dir / "next" / "public.pem").read_text()
+    assert doc["fingerprint"] == fingerprint(doc["public_pem"].encode())
+    assert doc["private"] == str(key_dir / "next" / "private.pem")
+    assert doc["dry_run"] is False
     assert ["genrsa", "-out", "private.pem", "2048"] in fake.calls()  # no -traditional on 1.1.1
     assert (key_dir / "next" / "private.pem").exists()
     # no current key: nothing to rotate (exit 1), before any OpenSSL runs
@@ -616,6 +621,14 @@ def test_sigkill_at_random_points_then_finish(rotating: Path, keys, new_key):
         assert r.returncode == 0 or finished, why + r.stderr
         assert_rotated(d, old, old_public, new_key)
         assert private_keys(d) == {old, new_key[0]}, why
+
+
+@real
+def test_two_finishes_at_once(rotating: Path, keys, new_key):
+    procs = [_spawn(rotating, None) for _ in range(2)]
+    results = [(p.communicate(timeout=60)[1], p.returncode) for p in procs]
+    assert sorted(code for _, code in results) == [0, 1], results
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
 
 
 @real
