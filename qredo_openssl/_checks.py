@@ -14,7 +14,7 @@ from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
 from ._files import NEXT_DIR, ROTATE_JOURNAL, KeyPaths
 from ._openssl import OpenSSL
-from ._pem import BEGIN_RE, BOM, READ_LIMIT, frame_pem, read_bounded
+from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounded
 from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -227,10 +227,11 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
             Finding("public.matches", "skip", "not a public key"),
         ]
     assert block is not None
+    fp = f"; fingerprint {fingerprint(data)}"  # the one keygen and pubkey print
     if derived is not None and block.der == derived:
         return [
             *found,
-            Finding("public.format", "ok", "PEM PUBLIC KEY (SubjectPublicKeyInfo), RSA"),
+            Finding("public.format", "ok", f"PEM PUBLIC KEY (SubjectPublicKeyInfo), RSA{fp}"),
             Finding("public.matches", "ok", f"the public half of {private}"),
         ]
     try:  # only now is a second OpenSSL call needed: is it an RSA key at all?
@@ -243,7 +244,7 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
             Finding("public.matches", "skip", "not an RSA public key"),
         ]
     bits = parse_rsa_text(out.stdout.decode("utf-8", "replace")).bits
-    found.append(Finding("public.format", "ok", f"PEM PUBLIC KEY, RSA {bits} bits"))
+    found.append(Finding("public.format", "ok", f"PEM PUBLIC KEY, RSA {bits} bits{fp}"))
     if derived is None:
         found.append(Finding("public.matches", "skip", "the private key could not be read"))
     else:

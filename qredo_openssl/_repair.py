@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass
 
 from ._checks import Finding, check_private
-from ._errors import BadInputError, OpenSSLError
+from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
 from ._keygen import produced
 from ._openssl import OpenSSL, TraditionalMode, decide_traditional
@@ -45,7 +45,14 @@ class RepairResult:
 
 
 def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
-    """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8)."""
+    """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8).
+
+    A ``public.pem`` that already is the public half of the private key is left as it is
+    (nothing written, ``written`` None), with or without ``force``.
+    """
+    if os.path.lexists(paths.public) and _already_derived(paths, openssl):
+        msg = f"{paths.public} already is the public half of {paths.private}: nothing to do"
+        return RepairResult(None, (), (), msg)
     if not force:
         refuse_existing([paths.public])
     found, derived = _usable_private(paths, openssl)
@@ -67,6 +74,17 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
         paths.public, tuple(pub.backups), ((openssl.path, *argv),),
         f"wrote {paths.public}, the public half of {paths.private}", warnings,
     )  # fmt: skip
+
+
+def _already_derived(paths: KeyPaths, openssl: OpenSSL) -> bool:
+    # Any doubt (unreadable files, a key OpenSSL cannot load) is "no": the normal path then
+    # refuses or reports it as before.
+    try:
+        block = frame_pem(read_bounded(paths.public))
+        _, derived = _usable_private(paths, openssl)
+    except QredoOpenSSLError:
+        return False
+    return block is not None and block.der is not None and block.der == derived
 
 
 def _verify_public(paths: KeyPaths, derived: bytes) -> None:

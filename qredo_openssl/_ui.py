@@ -80,6 +80,13 @@ class Output:
         if not self.quiet:  # -q: data and errors only
             self._say(text, "yellow", "warning: ")
 
+    def problem(self, text: str) -> None:
+        """A failure that is not the command's own error (one DIR of many, failed checks).
+
+        On stderr even with ``-q``; never JSON (the command's document says it).
+        """
+        self._say(text, "bold red", "error: ")
+
     def error(self, code: int, text: str) -> None:
         if self.json_mode:
             with contextlib.suppress(OSError):  # the error may be that stdout is unwritable

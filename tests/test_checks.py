@@ -403,9 +403,9 @@ def test_check_cli_plain_text(case_id: str, corpus: dict[str, Path]) -> None:
     assert summary in r.stderr
 
 
-def test_check_cli_quiet_prints_nothing(corpus: dict[str, Path]) -> None:
+def test_check_cli_quiet_prints_only_the_failed_names(corpus: dict[str, Path]) -> None:
     r = run_cli("-q", "check", str(corpus["pkcs8"]))
-    assert (r.returncode, r.stdout, r.stderr) == (1, "", "")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: 1 failed: private.format\n")
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from .._defaults import DEFAULT_TIMEOUT
 from .._errors import Interrupted, QredoOpenSSLError, UsageError
 from .._ui import Output
 from .._version import __version__
-from . import keys, requests, rotate
+from . import checks, keys, requests, rotate
 from ._base import Command, Handler, Parser, common
 
 EXIT_INTERRUPTED = 130
-GROUPS = (keys, requests, rotate)
+GROUPS = (keys, checks, requests, rotate)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:

@@ -1,4 +1,4 @@
-"""Key commands: keygen, pubkey, convert, check, doctor, apikey."""
+"""Key commands: keygen, pubkey, convert, apikey (check and doctor: checks.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import qredo_openssl as q
 
 from .._defaults import ALLOWED_BITS, QREDO_BITS
-from .._errors import OpenSSLError, QredoOpenSSLError, RefusedOverwriteError, UsageError
+from .._errors import QredoOpenSSLError, RefusedOverwriteError, UsageError
 from .._ui import Output
 from ._base import (
     Command,
@@ -47,11 +46,6 @@ def register(command: Command) -> None:
     p.add_argument("--force", action="store_true", help="replace public.pem, keeping a backup")
 
     p = command("convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert)
-    traditional_option(p)
-
-    command("check", "check the key files of DIR", cmd_check)
-
-    p = command("doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor)
     traditional_option(p)
 
     p = command("apikey", "save the API key from standard input as DIR/apikey (0600)", cmd_apikey)
@@ -182,77 +176,6 @@ def cmd_convert(args: argparse.Namespace, out: Output) -> int:
         out.info(r.message)
         for w in r.warnings:
             out.warn(w)
-    return 0
-
-
-def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
-    return [{"name": f.name, "status": f.status, "message": f.message} for f in findings]
-
-
-def _show_findings(findings: Sequence[q.Finding], out: Output) -> None:
-    if not out.json_mode and not out.quiet:
-        out.table([(f.status, f.name, f.message) for f in findings], ("status", "check", "detail"))
-        fails = [f.name for f in findings if f.status == "fail"]
-        warns = sum(f.status == "warn" for f in findings)
-        also = f" ({warns} warning{'s' * (warns != 1)})" if warns else ""
-        if fails:
-            out.info(f"{len(fails)} failed: {', '.join(fails)}{also}", style="bold red")
-        else:
-            out.info(f"all checks passed{also}", style="green")
-
-
-def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    from .._checks import any_failed
-
-    openssl = get_openssl(args)
-    findings = q.check_keys(key_paths(args, args.dir), openssl)
-    failed = any_failed(findings)
-    if out.json_mode:
-        out.json(_findings_doc(findings))
-    else:
-        _show_findings(findings, out)
-    return 1 if failed else 0
-
-
-def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
-    from .._openssl import openssl_source
-
-    explicit = getattr(args, "openssl", None)
-    doc: dict[str, Any] = {"openssl": {"source": openssl_source(explicit)}}
-    try:
-        openssl = get_openssl(args)
-        plan = q.plan_keygen(openssl, QREDO_BITS, args.traditional)
-    except OpenSSLError as exc:
-        doc["usable"] = False
-        doc["error"] = error_doc(exc)
-        if out.json_mode:
-            out.json(doc)
-        else:
-            out.info(f"OpenSSL: not usable ({doc['openssl']['source']})")
-            out.error(exc.exit_code, str(exc))
-        return exc.exit_code
-    paths = key_paths(args, args.dir)
-    doc["openssl"].update(openssl_doc(openssl, plan.traditional))
-    doc["usable"] = True
-    doc["commands"] = [list(c) for c in plan.commands]
-    have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
-    findings = q.check_keys(paths, openssl) if have_keys else None
-    doc["checks"] = _findings_doc(findings) if findings is not None else None
-    if out.json_mode:
-        out.json(doc)
-        return 0
-    t = plan.traditional
-    out.data(f"openssl     {openssl.path}  (from {doc['openssl']['source']})")
-    out.data(f"version     {openssl.version.raw}")
-    out.data(f"flavour     {openssl.version.flavour} {openssl.version.number}".rstrip())
-    out.data(f"traditional {'yes' if t.use else 'no'}: {t.reason}")
-    out.data("keygen runs (in a private temporary directory, then published):")
-    out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
-    if findings is None:
-        out.data(f"no key files in {paths.dir}: run qredo-openssl keygen {shlex.quote(paths.dir)}")
-    else:
-        out.data(f"checks of {paths.dir}:")
-        _show_findings(findings, out)
     return 0
 
 

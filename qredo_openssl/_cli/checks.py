@@ -1,0 +1,179 @@
+"""Checking commands: check (one DIR or many, in parallel) and doctor; their rendering."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import qredo_openssl as q
+
+from .._defaults import QREDO_BITS
+from .._errors import BadInputError, OpenSSLError, QredoOpenSSLError, UsageError
+from .._ui import Output
+from ._base import Command, error_doc, get_openssl, key_paths, openssl_doc, traditional_option
+
+
+def register(command: Command) -> None:
+    p = command("check", "check the key files of each DIR (several: in parallel)", cmd_check,
+                many=True)  # fmt: skip
+    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
+
+    p = command("doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor)
+    traditional_option(p)
+
+
+def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
+    return [{"name": f.name, "status": f.status, "message": f.message} for f in findings]
+
+
+def _failed(findings: Sequence[q.Finding]) -> list[str]:
+    return [f.name for f in findings if f.status == "fail"]
+
+
+def _show_findings(findings: Sequence[q.Finding], out: Output, label: str = "") -> None:
+    """The table (stdout) and a one-line verdict (stderr); with -q only the failed names."""
+    fails = _failed(findings)
+    where = f"{label}: " if label else ""
+    if out.quiet:
+        if fails:  # -q keeps errors and the names of failed checks (stderr)
+            out.problem(f"{where}{len(fails)} failed: {', '.join(fails)}")
+        return
+    out.table([(f.status, f.name, f.message) for f in findings], ("status", "check", "detail"))
+    warns = sum(f.status == "warn" for f in findings)
+    also = f" ({warns} warning{'s' * (warns != 1)})" if warns else ""
+    if fails:
+        out.info(f"{where}{len(fails)} failed: {', '.join(fails)}{also}", style="bold red")
+    else:
+        out.info(f"{where}all checks passed{also}", style="green")
+
+
+def _existing_dir(paths: q.KeyPaths, args: argparse.Namespace) -> None:
+    """A DIR that is not there is one error naming it, not a table of "no such file" fails."""
+    if args.private and args.public and args.apikey:
+        return  # every file named on its own: DIR is not looked at
+    d = paths.dir
+    if not os.path.isdir(d):
+        why = "is not a directory" if os.path.lexists(d) else "does not exist"
+        msg = f"{d} {why}: no key files to check"
+        raise BadInputError(msg)
+
+
+@dataclass(frozen=True)
+class _DirResult:
+    dir: str
+    findings: tuple[q.Finding, ...] = ()
+    error: QredoOpenSSLError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not _failed(self.findings)
+
+    @property
+    def code(self) -> int:
+        return 0 if self.ok else self.error.exit_code if self.error is not None else 1
+
+    def doc(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"dir": self.dir, "ok": False, "error": error_doc(self.error)}
+        return {"dir": self.dir, "ok": self.ok, "checks": _findings_doc(self.findings)}
+
+
+def cmd_check(args: argparse.Namespace, out: Output) -> int:
+    dirs = args.dirs or ["."]
+    if len(dirs) > 1 and (args.private or args.public or args.apikey):
+        msg = "--private/--public/--apikey name single files: give one DIR with them"
+        raise UsageError(msg)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if len(dirs) == 1:
+        paths = key_paths(args, dirs[0])
+        _existing_dir(paths, args)
+        findings = q.check_keys(paths, get_openssl(args))
+        if out.json_mode:
+            out.json(_findings_doc(findings))
+        else:
+            _show_findings(findings, out)
+        return 1 if _failed(findings) else 0
+    return _check_many(dirs, args, out)
+
+
+def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> int:
+    from .._run import map_in_threads
+
+    openssl = get_openssl(args)  # once: every DIR is checked with the same OpenSSL
+
+    def one(d: str) -> _DirResult:
+        try:
+            paths = key_paths(args, d)
+            _existing_dir(paths, args)
+            return _DirResult(d, tuple(q.check_keys(paths, openssl)))
+        except QredoOpenSSLError as exc:
+            return _DirResult(d, error=exc)
+
+    def show(r: _DirResult) -> None:  # in DIR order, as soon as each is done
+        if out.json_mode:
+            return
+        if r.error is not None:
+            msg = str(r.error)
+            out.problem(msg if r.dir in msg else f"{r.dir}: {msg}")
+            return
+        if not out.quiet:
+            out.data(f"{r.dir}:")  # the table below is data: its heading goes with it
+        _show_findings(r.findings, out, label=r.dir)
+
+    results = map_in_threads(one, list(dirs), jobs=args.jobs, on_result=show)
+    failed = [r for r in results if not r.ok]
+    if out.json_mode:
+        out.json({"dirs": [r.doc() for r in results]})
+    elif failed:
+        names = ", ".join(r.dir for r in failed)
+        out.info(f"{len(failed)} of {len(results)} DIRs failed: {names}", style="bold red")
+    else:
+        out.info(f"all {len(results)} DIRs passed", style="green")
+    return next((r.code for r in failed), 0)
+
+
+def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
+    from .._openssl import openssl_source
+
+    explicit = getattr(args, "openssl", None)
+    doc: dict[str, Any] = {"openssl": {"source": openssl_source(explicit)}}
+    try:
+        openssl = get_openssl(args)
+        plan = q.plan_keygen(openssl, QREDO_BITS, args.traditional)
+    except OpenSSLError as exc:
+        doc["usable"] = False
+        doc["error"] = error_doc(exc)
+        if out.json_mode:
+            out.json(doc)
+        else:
+            out.info(f"OpenSSL: not usable ({doc['openssl']['source']})")
+            out.error(exc.exit_code, str(exc))
+        return exc.exit_code
+    paths = key_paths(args, args.dir)
+    doc["openssl"].update(openssl_doc(openssl, plan.traditional))
+    doc["usable"] = True
+    doc["commands"] = [list(c) for c in plan.commands]
+    have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
+    findings = q.check_keys(paths, openssl) if have_keys else None
+    doc["checks"] = _findings_doc(findings) if findings is not None else None
+    if out.json_mode:
+        out.json(doc)
+        return 0
+    t = plan.traditional
+    out.data(f"openssl     {openssl.path}  (from {doc['openssl']['source']})")
+    out.data(f"version     {openssl.version.raw}")
+    out.data(f"flavour     {openssl.version.flavour} {openssl.version.number}".rstrip())
+    out.data(f"traditional {'yes' if t.use else 'no'}: {t.reason}")
+    out.data("keygen runs (in a private temporary directory, then published):")
+    out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
+    if findings is None:
+        out.data(f"no key files in {paths.dir}: run qredo-openssl keygen {shlex.quote(paths.dir)}")
+    else:
+        out.data(f"checks of {paths.dir}:")
+        _show_findings(findings, out)
+    return 0

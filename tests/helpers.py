@@ -1,0 +1,50 @@
+"""Helpers shared by the test files (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conftest import Keys
+
+
+def assert_no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+    """What a user must never see, on either stream."""
+    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stdout
+
+
+def leftovers(d: Path) -> list[str]:
+    """Temporary directories a run left behind in ``d``."""
+    return sorted(p.name for p in d.iterdir() if p.name.startswith(".qredo-openssl-"))
+
+
+def mode(p: Path) -> int:
+    """Permission bits of ``p`` itself (a symlink is not followed)."""
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def key_pair(d: Path, keys: Keys) -> Path:
+    """A healthy key directory: the session's PKCS#1 key (0600) and its public key (0644)."""
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(keys.pkcs1, d / "private.pem")
+    (d / "private.pem").chmod(0o600)
+    shutil.copyfile(keys.public, d / "public.pem")
+    (d / "public.pem").chmod(0o644)
+    return d
