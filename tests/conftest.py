@@ -74,6 +74,22 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(d, d / "pkcs1.pem", d / "pkcs8.pem", d / "public.pem")
 
 
+# "real_openssl" means: needs the system OpenSSL. Every test using one of these fixtures gets
+# the marker (the fakes pass everything they do not play on to the real binary); a test that
+# runs it another way carries the marker itself. ``-m "not real_openssl"`` passes with no
+# OpenSSL installed at all (the marked tests are then skipped).
+NEEDS_OPENSSL = frozenset({"keys", "make_fake", "openssl"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    no_openssl = pytest.mark.skip(reason="needs the system OpenSSL: none on PATH")
+    for item in items:
+        if NEEDS_OPENSSL & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_openssl)
+        if REAL_OPENSSL is None and item.get_closest_marker("real_openssl"):
+            item.add_marker(no_openssl)
+
+
 @dataclass
 class Fake:
     """A fake ``openssl`` program and the log of every argv it was run with."""

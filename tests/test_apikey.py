@@ -7,7 +7,6 @@ stderr, whatever the mode.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import io
 import json
@@ -18,11 +17,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Keys, run_cli
+from helpers import key_pair, leftovers, umask
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -181,19 +180,6 @@ def test_read_unreadable_stdin() -> None:
     stream = io.TextIOWrapper(io.BufferedReader(_Unreadable()))
     with pytest.raises(q.BadInputError, match="cannot read the API key from standard input"):
         read_apikey_input(stream)
-
-
-@contextlib.contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".qredo-openssl-"))
 
 
 def test_save_writes_one_line_0600_whatever_the_umask(tmp_path: Path) -> None:
@@ -543,12 +529,7 @@ def test_existing_apikey_is_refused_before_the_prompt(tmp_path: Path) -> None:
 
 @pytest.mark.real_openssl
 def test_check_reports_every_apikey_finding_ok(tmp_path: Path, keys: Keys) -> None:
-    keydir = tmp_path / "keys"
-    keydir.mkdir(mode=0o700)
-    shutil.copyfile(keys.pkcs1, keydir / "private.pem")
-    (keydir / "private.pem").chmod(0o600)
-    shutil.copyfile(keys.public, keydir / "public.pem")
-    (keydir / "public.pem").chmod(0o644)
+    keydir = key_pair(tmp_path / "keys", keys)
     r = run_cli("apikey", f"{keydir}/", input=f"{JSON_KEY}\n".encode())
     assert r.returncode == 0, r.stderr
 

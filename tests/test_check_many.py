@@ -15,8 +15,6 @@ from conftest import REAL_OPENSSL, Keys, run_cli
 from cryptography.hazmat.primitives import serialization
 from helpers import assert_no_traceback, key_pair, mode
 
-pytestmark = pytest.mark.real_openssl
-
 
 def oracle_fingerprint(public_pem: Path) -> str:
     """``SHA256:`` + Base64 of the SubjectPublicKeyInfo DER, computed by cryptography."""

@@ -21,22 +21,18 @@ from pathlib import Path
 
 import pytest
 from conftest import REAL_OPENSSL, Fake, Keys, run_cli
+from helpers import assert_no_traceback
 
 import qredo_openssl as q
 from qredo_openssl._checks import Status, any_failed
 from qredo_openssl._openssl import parse_version
 from qredo_openssl._pem import frame_pem
 
-pytestmark = pytest.mark.real_openssl
-
+DATA = Path(__file__).parent / "data"
 HUGE = 100 * 1024 * 1024
 WORKERS = 2 * (os.cpu_count() or 1)  # OpenSSL and Python children: mostly CPU
 COLOUR_SGR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])[;m]")  # a foreground colour
 PASSPHRASE = "correct horse battery staple\n"
-
-
-def assert_no_traceback(r: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in r.stderr + r.stdout
 
 
 @dataclass
@@ -130,7 +126,8 @@ def rsa_1024(d: Path, c: Corpus) -> None:
 
 
 def rsa_4096(d: Path, c: Corpus) -> None:
-    c.pair(d, c.rsa(4096))
+    # A stored test key: genrsa 4096 takes 0.5 to 10 s, the longest step of the corpus.
+    c.pair(d, (DATA / "TEST-KEY-4096-DO-NOT-USE-private.pem").read_bytes())
 
 
 def exponent_3(d: Path, c: Corpus) -> None:
@@ -301,6 +298,14 @@ def real() -> q.OpenSSL:
     return q.detect_openssl(REAL_OPENSSL)
 
 
+@pytest.fixture(scope="session")
+def findings(corpus: dict[str, Path], real: q.OpenSSL) -> dict[str, list[q.Finding]]:
+    """``check_keys`` of every case, once, side by side (the library is thread-safe)."""
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        done = pool.map(lambda d: q.check_keys(q.KeyPaths.in_dir(str(d)), real), corpus.values())
+        return dict(zip(corpus, done))
+
+
 def by_name(findings: list[q.Finding]) -> dict[str, q.Finding]:
     return {f.name: f for f in findings}
 
@@ -314,13 +319,13 @@ NAMES = [
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
-def test_finding_in_process(case_id: str, corpus: dict[str, Path], real: q.OpenSSL) -> None:
+def test_finding_in_process(case_id: str, findings: dict[str, list[q.Finding]]) -> None:
     case = CASES[case_id]
-    findings = q.check_keys(q.KeyPaths.in_dir(str(corpus[case_id])), real)
-    assert [f.name for f in findings] == NAMES  # every check, in the stable order
-    f = by_name(findings)[case.name]
+    found = findings[case_id]
+    assert [f.name for f in found] == NAMES  # every check, in the stable order
+    f = by_name(found)[case.name]
     assert (f.status, case.says in f.message) == (case.status, True), f
-    assert any_failed(findings) == (case.exit == 1)
+    assert any_failed(found) == (case.exit == 1)
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
@@ -354,18 +359,18 @@ EXPECTED_STATUSES = {
 
 
 @pytest.mark.parametrize("case_id", list(EXPECTED_STATUSES))
-def test_all_statuses(case_id: str, corpus: dict[str, Path], real: q.OpenSSL) -> None:
-    findings = q.check_keys(q.KeyPaths.in_dir(str(corpus[case_id])), real)
-    statuses = " ".join(f.status for f in findings if not f.name.startswith("apikey."))
+def test_all_statuses(case_id: str, findings: dict[str, list[q.Finding]]) -> None:
+    found = findings[case_id]
+    statuses = " ".join(f.status for f in found if not f.name.startswith("apikey."))
     assert statuses == EXPECTED_STATUSES[case_id]
 
 
-def test_bom_valid_is_whatever_openssl_says(corpus: dict[str, Path], real: q.OpenSSL) -> None:
+def test_bom_valid_is_whatever_openssl_says(findings: dict[str, list[q.Finding]]) -> None:
     # OpenSSL 3 skips a BOM, 1.x does not: the format check fails either way, because
     # Go's pem.Decode in the signing client does not skip it.
-    findings = by_name(q.check_keys(q.KeyPaths.in_dir(str(corpus["bom"])), real))
-    assert findings["private.valid"].status in ("ok", "fail")
-    assert "convert" in findings["private.format"].message
+    found = by_name(findings["bom"])
+    assert found["private.valid"].status in ("ok", "fail")
+    assert "convert" in found["private.format"].message
 
 
 def test_huge_file_read_is_bounded(corpus: dict[str, Path], real: q.OpenSSL) -> None:
@@ -424,6 +429,7 @@ def test_check_rich_table(env: dict[str, str], colour: bool, corpus: dict[str, P
     assert "private.format" in r.stdout
 
 
+@pytest.mark.real_openssl
 def test_fresh_keygen_checks_clean(tmp_path: Path) -> None:
     d = tmp_path / "fresh"
     assert run_cli("keygen", str(d)).returncode == 0

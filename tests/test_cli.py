@@ -179,6 +179,7 @@ def test_progress_on_a_terminal(make_fake, tmp_path):
         assert (tmp_path / d / "private.pem").exists()
 
 
+@pytest.mark.real_openssl
 @pytest.mark.parametrize("redirect", [">/dev/full", ">&-"], ids=["disk-full", "closed"])
 @pytest.mark.parametrize("json_flag", ["", "--json"], ids=["text", "json"])
 def test_unwritable_stdout_is_one_line(tmp_path, redirect, json_flag):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import HAS_TRADITIONAL, VERSIONS, Fake, Keys, run_cli
+from helpers import assert_no_traceback
 
 FLAVOURS = {
     "1.0.2": ("OpenSSL", "1.0.2k"),
@@ -24,10 +24,6 @@ FLAVOURS = {
     "libressl": ("LibreSSL", "3.3.6"),
     "garbage": ("unknown", None),
 }
-
-
-def assert_no_traceback(r: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in r.stderr + r.stdout
 
 
 def keygen_commands(openssl: str, traditional: bool) -> list[list[str]]:
@@ -154,6 +150,7 @@ def test_doctor_unusable(broken: str, make_fake: Callable[..., Fake], tmp_path: 
         assert "cannot open" in r.stderr  # OpenSSL's own stderr is shown
 
 
+@pytest.mark.real_openssl
 def test_doctor_real_openssl_fresh_keys(tmp_path: Path) -> None:
     d = tmp_path / "fresh"
     assert run_cli("keygen", str(d)).returncode == 0

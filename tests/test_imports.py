@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import key_pair
 
 HEAVY = ("sh", "rich", "asyncio")
 
@@ -68,12 +69,7 @@ def test_json_apikey_imports_nothing_heavy(tmp_path: Path) -> None:
 
 @pytest.fixture
 def key_dir(keys, tmp_path: Path) -> Path:
-    d = tmp_path / "k"
-    d.mkdir(mode=0o700)
-    shutil.copyfile(keys.pkcs1, d / "private.pem")
-    shutil.copyfile(keys.public, d / "public.pem")
-    os.chmod(d / "private.pem", 0o600)
-    return d
+    return key_pair(tmp_path / "k", keys)
 
 
 @pytest.mark.real_openssl
