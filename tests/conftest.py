@@ -74,6 +74,21 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     return Keys(d, d / "pkcs1.pem", d / "pkcs8.pem", d / "public.pem")
 
 
+@dataclass
+class FreshKeygen:
+    """What one real ``qredo-openssl keygen DIR`` wrote and said (run once per session)."""
+
+    dir: Path
+    result: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def fresh_keygen(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> FreshKeygen:
+    """A real keygen with the system OpenSSL, shared by the tests that only read its output."""
+    d = tmp_path_factory.mktemp("fresh") / "keys"
+    return FreshKeygen(d, run_cli("keygen", str(d)))
+
+
 # "real_openssl" means: needs the system OpenSSL. Every test using one of these fixtures gets
 # the marker (the fakes pass everything they do not play on to the real binary); a test that
 # runs it another way carries the marker itself. ``-m "not real_openssl"`` passes with no

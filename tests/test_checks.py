@@ -18,9 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REAL_OPENSSL, Fake, Keys, run_cli
+from conftest import REAL_OPENSSL, Fake, FreshKeygen, Keys, run_cli
 from helpers import assert_no_traceback
 
 import qredo_openssl as q
@@ -288,9 +289,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> dict[str, Pa
 
 
 @pytest.fixture(scope="session")
-def cli_json(corpus: dict[str, Path]) -> dict[str, subprocess.CompletedProcess[str]]:
-    """``qredo-openssl --json check`` of every case, run once (in-process: one at a time)."""
-    return {case: run_cli("--json", "check", str(d)) for case, d in corpus.items()}
+def cli_json(corpus: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Each case's entry of one ``qredo-openssl --json check DIR...`` over the whole corpus.
+
+    One call checks every DIR in parallel; one DIR's JSON (the list) is the same findings
+    document, tested by test_check_cli_plain_text and tests/test_check_many.py.
+    """
+    r = run_cli("--json", "check", *map(str, corpus.values()))
+    assert_no_traceback(r)
+    assert r.returncode == 1, r.stderr  # some cases fail
+    doc = json.loads(r.stdout)  # exactly one JSON document
+    assert [e["dir"] for e in doc["dirs"]] == list(map(str, corpus.values()))
+    return dict(zip(corpus, doc["dirs"]))
 
 
 @pytest.fixture(scope="session")
@@ -329,15 +339,11 @@ def test_finding_in_process(case_id: str, findings: dict[str, list[q.Finding]]) 
 
 
 @pytest.mark.parametrize("case_id", list(CASES))
-def test_check_cli_json(
-    case_id: str, cli_json: dict[str, subprocess.CompletedProcess[str]]
-) -> None:
+def test_check_cli_json(case_id: str, cli_json: dict[str, dict[str, Any]]) -> None:
     case = CASES[case_id]
-    r = cli_json[case_id]
-    assert_no_traceback(r)
-    assert r.returncode == case.exit, r.stderr
-    doc = json.loads(r.stdout)  # exactly one JSON document
-    assert isinstance(doc, list)
+    entry = cli_json[case_id]
+    assert entry["ok"] is (case.exit == 0), entry
+    doc = entry["checks"]
     assert all(set(f) == {"name", "status", "message"} for f in doc)
     found = {f["name"]: f for f in doc}
     assert found[case.name]["status"] == case.status
@@ -430,10 +436,9 @@ def test_check_rich_table(env: dict[str, str], colour: bool, corpus: dict[str, P
 
 
 @pytest.mark.real_openssl
-def test_fresh_keygen_checks_clean(tmp_path: Path) -> None:
-    d = tmp_path / "fresh"
-    assert run_cli("keygen", str(d)).returncode == 0
-    r = run_cli("check", str(d))
+def test_fresh_keygen_checks_clean(fresh_keygen: FreshKeygen) -> None:
+    assert fresh_keygen.result.returncode == 0
+    r = run_cli("check", str(fresh_keygen.dir))
     assert_no_traceback(r)
     assert r.returncode == 0, r.stdout
     assert "fail" not in r.stdout.split()

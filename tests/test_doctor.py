@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import HAS_TRADITIONAL, VERSIONS, Fake, Keys, run_cli
+from conftest import HAS_TRADITIONAL, VERSIONS, Fake, FreshKeygen, Keys, run_cli
 from helpers import assert_no_traceback
 
 FLAVOURS = {
@@ -151,10 +151,9 @@ def test_doctor_unusable(broken: str, make_fake: Callable[..., Fake], tmp_path: 
 
 
 @pytest.mark.real_openssl
-def test_doctor_real_openssl_fresh_keys(tmp_path: Path) -> None:
-    d = tmp_path / "fresh"
-    assert run_cli("keygen", str(d)).returncode == 0
-    r = run_cli("--json", "doctor", str(d))
+def test_doctor_real_openssl_fresh_keys(fresh_keygen: FreshKeygen) -> None:
+    assert fresh_keygen.result.returncode == 0
+    r = run_cli("--json", "doctor", str(fresh_keygen.dir))
     assert r.returncode == 0
     doc = json.loads(r.stdout)
     assert doc["usable"] is True

@@ -91,10 +91,9 @@ def test_dry_run_real_openssl_3(tmp_path):
 
 
 @real
-def test_keygen_real_openssl_oracle(tmp_path):
+def test_keygen_real_openssl_oracle(fresh_keygen):
     """The independent oracle: cryptography agrees the files are what Qredo documents."""
-    d = tmp_path / "keys"
-    r = run_cli("keygen", str(d))
+    d, r = fresh_keygen.dir, fresh_keygen.result
     assert r.returncode == 0, r.stderr
     private_bytes = (d / "private.pem").read_bytes()
     key = serialization.load_pem_private_key(private_bytes, password=None)
