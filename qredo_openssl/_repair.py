@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass
 
 from ._checks import Finding, check_private
-from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
+from ._errors import BadInputError, OpenSSLError
 from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
 from ._keygen import produced
 from ._openssl import OpenSSL, TraditionalMode, decide_traditional
@@ -50,12 +50,20 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
     A ``public.pem`` that already is the public half of the private key is left as it is
     (nothing written, ``written`` None), with or without ``force``.
     """
-    if os.path.lexists(paths.public) and _already_derived(paths, openssl):
-        msg = f"{paths.public} already is the public half of {paths.private}: nothing to do"
-        return RepairResult(None, (), (), msg)
-    if not force:
-        refuse_existing([paths.public])
-    found, derived = _usable_private(paths, openssl)
+    if os.path.lexists(paths.public):
+        try:
+            found, derived = _usable_private(paths, openssl)
+        except BadInputError:
+            if not force:  # refused for the existing file first, as always
+                refuse_existing([paths.public])
+            raise
+        if _is_public_of(paths.public, derived):
+            msg = f"{paths.public} already is the public half of {paths.private}: nothing to do"
+            return RepairResult(None, (), (), msg)
+        if not force:
+            refuse_existing([paths.public])
+    else:
+        found, derived = _usable_private(paths, openssl)
     ensure_dir(os.path.dirname(paths.public) or ".")
     source = os.path.abspath(paths.private)
     argv = ("rsa", "-in", source, "-outform", "PEM", "-pubout", "-out", "public.pem")
@@ -76,15 +84,13 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
     )  # fmt: skip
 
 
-def _already_derived(paths: KeyPaths, openssl: OpenSSL) -> bool:
-    # Any doubt (unreadable files, a key OpenSSL cannot load) is "no": the normal path then
-    # refuses or reports it as before.
+def _is_public_of(path: str, derived: bytes) -> bool:
+    # Any doubt (unreadable, not PEM) is "no": the caller then refuses or replaces it.
     try:
-        block = frame_pem(read_bounded(paths.public))
-        _, derived = _usable_private(paths, openssl)
-    except QredoOpenSSLError:
+        block = frame_pem(read_bounded(path))
+    except BadInputError:
         return False
-    return block is not None and block.der is not None and block.der == derived
+    return block is not None and block.der == derived
 
 
 def _verify_public(paths: KeyPaths, derived: bytes) -> None:
