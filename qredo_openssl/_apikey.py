@@ -204,5 +204,5 @@ def save_apikey(path: str, key: str, *, force: bool = False) -> SavedApiKey:
         # A trailing newline makes it a text file; the signing clients trim it (Go TrimSpace).
         write_private(staged, (text + "\n").encode("ascii"))
         with publishing(force) as pub:
-            pub.publish(staged, path)
+            pub.publish(staged, path, secret=True)
     return SavedApiKey(path, info.alphabet, info.key_id, tuple(pub.backups))

@@ -58,5 +58,14 @@ class RefusedOverwriteError(QredoOpenSSLError):
     exit_code = 4
 
 
+class WriteError(QredoOpenSSLError):
+    """A file could not be written where it belongs (a full disk, an I/O error): exit 1.
+
+    The message names the final path, never a temporary one, and says "disk full" when it is.
+    """
+
+    exit_code = 1
+
+
 class Interrupted(BaseException):
     """SIGTERM turned into an exception so that ``finally`` blocks clean up (exit 130)."""

@@ -6,12 +6,13 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ._errors import BadInputError, RefusedOverwriteError, UsageError
+from ._errors import BadInputError, RefusedOverwriteError, UsageError, WriteError
 
 # A key rotation in progress (``rotate``): the next pair lives in DIR/next/; a finish that is
 # swapping the pairs writes its steps down in DIR/rotate.journal first.
@@ -87,53 +88,110 @@ def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
     os.chmod(path, mode)  # the umask may have taken bits away; give exactly ``mode``
 
 
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
+
+
+def write_error(path: str, exc: OSError) -> WriteError:
+    """``exc`` as a :class:`WriteError` naming ``path`` (the final name), "disk full" if so."""
+    if exc.errno == errno.ENOSPC:
+        why = "disk full"
+    elif exc.errno == errno.EDQUOT:
+        why = "disk quota exceeded"
+    else:
+        why = exc.strerror or str(exc)
+    return WriteError(f"cannot write {path}: {why}")
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def keep_private(path: str) -> int | None:
+    """Make a regular file at ``path`` 0600 if group/other had access; return the old mode."""
+    st = os.lstat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISREG(st.st_mode) and mode & 0o077:
+        os.chmod(path, 0o600)
+        return mode
+    return None
+
+
 @dataclass
 class Publisher:
     """Publishes finished files at their final names, all or nothing.
 
-    Each file is hard-linked (``os.link`` fails with EEXIST for anything at the name, even a
+    A new file is hard-linked (``os.link`` fails with EEXIST for anything at the name, even a
     dangling symlink: exactly "never clobber"). With ``force``, whatever is at a name is first
-    renamed to a backup. If anything fails, the files this publisher linked are removed again
-    (only if they are still ours) and backups are moved back.
+    hard-linked to a backup name, then the new file is renamed over the final name, so a
+    reader finds the old file or the new one there, never nothing. A backup of a ``secret``
+    is made 0600. If anything fails, the files this publisher placed are taken back (only if
+    they are still ours) and the old files return to their names.
     """
 
     force: bool = False
     backups: list[str] = field(default_factory=list)
-    _published: list[tuple[str, str]] = field(default_factory=list)
+    _published: list[tuple[str, tuple[int, int] | None]] = field(default_factory=list)
     _moved: list[tuple[str, str]] = field(default_factory=list)
 
-    def publish(self, tmp: str, final: str) -> None:
+    def publish(self, tmp: str, final: str, *, secret: bool = False) -> None:
+        """Place ``tmp`` at ``final``; an OSError becomes a :class:`WriteError` naming ``final``."""
+        try:
+            self._publish(tmp, final, secret)
+            _fsync_dir(os.path.dirname(os.path.abspath(final)))
+        except OSError as exc:
+            raise write_error(final, exc) from None
+
+    def _publish(self, tmp: str, final: str, secret: bool) -> None:
+        linked = False
         if self.force and os.path.lexists(final):
-            bak = _move_aside(final)
+            bak, linked = _backup(final)
             self._moved.append((final, bak))
             self.backups.append(bak)
-        try:
-            _link_or_copy(tmp, final)
-        except FileExistsError:
-            msg = f"{final} already exists; refusing to overwrite (use --force to replace)"
-            raise RefusedOverwriteError(msg) from None
-        self._published.append((tmp, final))
-        _fsync_dir(os.path.dirname(os.path.abspath(final)))
+            if secret:
+                keep_private(bak)
+        if linked:
+            _replace_with(tmp, final)
+        else:
+            try:
+                _link_or_copy(tmp, final)
+            except FileExistsError:
+                msg = f"{final} already exists; refusing to overwrite (use --force to replace)"
+                raise RefusedOverwriteError(msg) from None
+        self._published.append((final, _ident(final)))
 
     def rollback(self) -> None:
-        for tmp, final in reversed(self._published):
-            with contextlib.suppress(OSError):
-                if os.path.samefile(tmp, final):
-                    os.unlink(final)
+        placed = dict(self._published)
         for final, bak in reversed(self._moved):
             with contextlib.suppress(OSError):
-                if not os.path.lexists(final):
+                ours = final in placed and _ident(final) == placed.pop(final)
+                if ours and os.path.isdir(bak) and not os.path.islink(bak):
+                    os.unlink(final)
                     os.rename(bak, final)
-                    self.backups.remove(bak)
+                elif ours or not os.path.lexists(final):
+                    os.rename(bak, final)  # the old file back, in one step
+                elif _ident(final) == _ident(bak):
+                    os.unlink(bak)  # the old file never left its name
+                else:
+                    continue  # someone else's file is there now: keep the backup
+                self.backups.remove(bak)
+        for final, ident in placed.items():
+            with contextlib.suppress(OSError):
+                if ident is not None and _ident(final) == ident:
+                    os.unlink(final)
         self._published.clear()
         self._moved.clear()
 
 
-def _move_aside(path: str) -> str:
-    """Rename whatever is at ``path`` to a fresh backup name, never replacing an older backup.
+def _backup(path: str) -> tuple[str, bool]:
+    """Keep whatever is at ``path`` under a fresh backup name, never replacing an older backup.
 
-    A link to the new name fails if another ``--force`` took it first (``os.rename`` would
-    silently replace it); a directory cannot be hard-linked and is renamed.
+    A hard link (True: the file stays at ``path`` too, to be replaced by a rename); a link to
+    the new name fails if another ``--force`` took it first (``os.rename`` would silently
+    replace it). A directory, or a filesystem without hard links: renamed (False).
     """
     while True:
         bak = backup_name(path)
@@ -145,22 +203,50 @@ def _move_aside(path: str) -> str:
             if os.path.lexists(bak):
                 continue
             os.rename(path, bak)
-            return bak
-        os.unlink(path)
-        return bak
+            return bak, False
+        return bak, True
+
+
+def _replace_with(tmp: str, final: str) -> None:
+    """Rename a copy of ``tmp`` over ``final`` (made beside it: a rename cannot cross disks)."""
+    with private_tempdir(os.path.dirname(os.path.abspath(final))) as near:
+        staged = os.path.join(near, "f")
+        try:
+            os.link(tmp, staged)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            shutil.copy2(tmp, staged)
+        os.replace(staged, final)
 
 
 def _link_or_copy(tmp: str, final: str) -> None:
     try:
         os.link(tmp, final)
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+        if exc.errno not in _NO_LINK:
             raise
-        # Another filesystem (or one without hard links): copy next to the target, then link.
-        with private_tempdir(os.path.dirname(os.path.abspath(final))) as near:
-            copy = os.path.join(near, "f")
-            shutil.copy2(tmp, copy)
-            os.link(copy, final)
+        _copy_exclusive(tmp, final)
+
+
+def _copy_exclusive(tmp: str, final: str) -> None:
+    """Another filesystem, or one without hard links: create ``final`` exclusively and copy.
+
+    ``O_EXCL`` keeps "never clobber" (a dangling symlink at the name fails too); the file has
+    the source's mode from birth. A failure part-way removes what was written.
+    """
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)
+    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as dst, open(tmp, "rb") as src:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fchmod(dst.fileno(), mode)
+            os.fsync(dst.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(final)
+        raise
 
 
 @contextlib.contextmanager

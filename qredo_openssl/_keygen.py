@@ -115,7 +115,8 @@ def generate_keypair(
         if stop is not None and stop.is_set():
             raise Interrupted
         with publishing(force) as pub:
-            pub.publish(private, paths.private)  # private before public: never a lone public
+            # private before public: never a lone public
+            pub.publish(private, paths.private, secret=True)
             pub.publish(public, paths.public)
             findings = _verified(paths, openssl, plan)
         with open(public, "rb") as f:

@@ -118,8 +118,9 @@ def convert_private(
     with private_tempdir(os.path.dirname(paths.private) or ".") as tmp:
         openssl.run(*argv, cwd=tmp)
         new = produced(tmp, "private.pem", (openssl.path, *argv))
+        old_mode = stat.S_IMODE(os.lstat(paths.private).st_mode)
         with publishing(force=True) as pub:
-            pub.publish(new, paths.private)
+            pub.publish(new, paths.private, secret=True)
             after, again = check_private(paths.private, openssl)
             bad = next((f for f in after if f.name == "private.format" and f.status != "ok"), None)
             if bad is not None or again != derived:
@@ -131,8 +132,6 @@ def convert_private(
                 raise OpenSSLError(msg)
     backup = pub.backups[0]
     msg = f"converted {paths.private} to PKCS#1 (the same key); the original is kept as {backup}"
-    st = os.lstat(backup)
-    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-        os.chmod(backup, 0o600)  # a backup is still a private key: no longer world-readable
-        msg += f" (now mode 0600, was {stat.S_IMODE(st.st_mode):04o})"
+    if old_mode & 0o077:  # a backup is still a private key: the publisher made it 0600
+        msg += f" (now mode 0600, was {old_mode:04o})"
     return RepairResult(paths.private, tuple(pub.backups), ((openssl.path, *argv),), msg)

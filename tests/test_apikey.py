@@ -236,8 +236,8 @@ def test_save_failure_leaves_nothing(
     target = tmp_path / "apikey"
     real_publish = _files.Publisher.publish
 
-    def publish_then_fail(self: _files.Publisher, tmp: str, final: str) -> None:
-        real_publish(self, tmp, final)
+    def publish_then_fail(self: _files.Publisher, tmp: str, final: str, **kw: bool) -> None:
+        real_publish(self, tmp, final, **kw)
         raise exc
 
     monkeypatch.setattr(_files.Publisher, "publish", publish_then_fail)
@@ -253,8 +253,8 @@ def test_save_failure_with_force_restores_the_old_key(
     target.write_bytes(b"old\n")
     real_publish = _files.Publisher.publish
 
-    def publish_then_fail(self: _files.Publisher, tmp: str, final: str) -> None:
-        real_publish(self, tmp, final)
+    def publish_then_fail(self: _files.Publisher, tmp: str, final: str, **kw: bool) -> None:
+        real_publish(self, tmp, final, **kw)
         raise OSError(errno.EIO, "disk on fire")
 
     monkeypatch.setattr(_files.Publisher, "publish", publish_then_fail)
