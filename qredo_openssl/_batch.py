@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
-from ._request import read_body
+from ._request import BODY_LIMIT, read_body
 from ._run import map_in_threads
 from ._sign import SignedRequest, Signer
 
 BATCH_LIMIT = 256 * 1024 * 1024
+# Bodies read from files by all jobs together: at most this much at once (and one body over
+# it alone), not jobs x BODY_LIMIT.
+BODY_BUDGET = BODY_LIMIT
 BATCH_KEYS = frozenset({"url", "method", "body", "body_file", "timestamp", "nonce"})
 
 
@@ -73,6 +77,12 @@ def parse_batch_line(line: int, raw: bytes) -> BatchRequest:
     except json.JSONDecodeError as exc:
         msg = f"not JSON: {exc.msg} at column {exc.colno}"
         raise BadInputError(msg) from None
+    except RecursionError:
+        msg = "not usable JSON: nested too deeply"
+        raise BadInputError(msg) from None
+    except ValueError as exc:  # Python 3.11+: a number of more than 4300 digits
+        msg = f"not usable JSON: {exc}"
+        raise BadInputError(msg) from None
     if not isinstance(doc, dict):
         msg = "not a JSON object"
         raise BadInputError(msg)
@@ -95,25 +105,78 @@ def parse_batch_line(line: int, raw: bytes) -> BatchRequest:
         msg = "give 'timestamp' or 'nonce', not both"
         raise BadInputError(msg)
     return BatchRequest(
-        line,
-        url,
-        _string_field(doc, "method"),
-        body.encode("utf-8") if body is not None else None,
-        body_file,
-        timestamp,
-        nonce,
-    )
+        line, url, _string_field(doc, "method"), _utf8(body, "body"), _path(body_file),
+        timestamp, nonce,
+    )  # fmt: skip
 
 
-def _sign_line(signer: Signer, line: int, raw: bytes) -> BatchItem:
+def _utf8(text: str | None, name: str) -> bytes | None:
+    # JSON can carry a lone surrogate ("\ud800"): text that has no UTF-8 bytes to sign.
+    try:
+        return None if text is None else text.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = f"{name!r} is not valid Unicode (a lone surrogate)"
+        raise BadInputError(msg) from None
+
+
+def _path(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if "\0" in name:
+        msg = "'body_file' has a NUL character"
+        raise BadInputError(msg)
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        msg = "'body_file' is not a file name this system can use (a lone surrogate)"
+        raise BadInputError(msg) from None
+    return name
+
+
+class _Budget:
+    """Bytes of bodies held at once by all jobs; one body larger than the whole waits alone."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.total)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+def _body_size(path: str) -> int:
+    """What reading ``path`` will hold: its size, or the bound for a pipe or an unknown."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return 0  # the read itself will fail and say why
+    return min(st.st_size, BODY_LIMIT + 1) if os.path.isfile(path) else BODY_LIMIT + 1
+
+
+def _sign_line(
+    signer: Signer, line: int, raw: bytes, base: str | None, budget: _Budget
+) -> BatchItem:
+    held = 0
     try:
         req = parse_batch_line(line, raw)
         body = req.body
-        if req.body_file is not None:
-            if req.body_file == "-":
+        body_file = req.body_file
+        if body_file is not None:
+            if body_file == "-":
                 msg = "'body_file' cannot be standard input in a batch"
                 raise BadInputError(msg)
-            body = read_body(req.body_file)
+            body_file = os.path.join(base, body_file) if base else body_file
+            held = _body_size(body_file)
+            budget.take(held)
+            body = read_body(body_file)
         signed = signer.sign(
             req.url,
             body or b"",
@@ -121,10 +184,16 @@ def _sign_line(signer: Signer, line: int, raw: bytes) -> BatchItem:
             timestamp=req.timestamp,
             nonce=req.nonce,
             has_body=body is not None,
-            body_file=req.body_file,
+            body_file=body_file,
         )
     except QredoOpenSSLError as exc:
         return BatchItem(line, None, _at_line(line, exc))
+    except (ValueError, RecursionError, TypeError, OSError) as exc:
+        # Whatever a line holds stays that line's error; the message never quotes the line.
+        return BatchItem(line, None, BadInputError(f"line {line}: {type(exc).__name__}"))
+    finally:
+        if held:
+            budget.give(held)
     return BatchItem(line, signed, None)
 
 
@@ -134,6 +203,14 @@ def _at_line(line: int, exc: QredoOpenSSLError) -> QredoOpenSSLError:
     if isinstance(exc, OpenSSLError):
         return OpenSSLError(msg, argv=exc.argv, returncode=exc.returncode, stderr=exc.stderr)
     return type(exc)(msg)
+
+
+def batch_base(source: str) -> str | None:
+    """Where a batch's relative ``body_file`` names are found: the batch file's folder.
+
+    None for ``-`` (standard input): the current directory.
+    """
+    return None if source == "-" else os.path.dirname(source) or None
 
 
 def read_batch(source: str, stdin: IO[bytes] | None = None) -> list[tuple[int, bytes]]:
@@ -152,6 +229,7 @@ def sign_batch(
     *,
     jobs: int | None = None,
     on_item: Callable[[BatchItem], None] | None = None,
+    base: str | None = None,
 ) -> list[BatchItem]:
     """Sign many requests (JSON Lines, see :func:`parse_batch_line`) in parallel.
 
@@ -161,6 +239,9 @@ def sign_batch(
     does not stop the others. ``jobs`` defaults to the CPU count: each request is one
     ``openssl dgst`` process, which the pool keeps busy. On Ctrl-C or SIGTERM every
     OpenSSL child is killed before the interrupt propagates.
+
+    A relative ``body_file`` is found in ``base`` (the batch file's folder; None: the current
+    directory). The bodies all jobs hold at once stay within :data:`BODY_BUDGET` bytes.
     """
     numbered = [
         item if isinstance(item, tuple) else (n, item) for n, item in enumerate(lines, start=1)
@@ -168,10 +249,11 @@ def sign_batch(
     if not numbered:
         return []
     stop = threading.Event()
+    budget = _Budget(BODY_BUDGET)
 
     def one(line: int, raw: bytes) -> BatchItem:
         if stop.is_set():
             return BatchItem(line, None, QredoOpenSSLError(f"line {line}: cancelled"))
-        return _sign_line(signer, line, raw)
+        return _sign_line(signer, line, raw, base, budget)
 
     return map_in_threads(lambda nr: one(*nr), numbered, jobs=jobs, stop=stop, on_result=on_item)

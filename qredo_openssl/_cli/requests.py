@@ -30,7 +30,11 @@ def register(command: Command) -> None:
         "--format", choices=("headers", "curl", "json"),
         help="headers (default), a curl command line, or JSON (--batch: JSON lines)",
     )  # fmt: skip
-    p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
+    p.add_argument(
+        "--batch", metavar="FILE",
+        help="JSON Lines of requests (- for stdin); a relative body_file is found in FILE's "
+        "folder (with -: the current directory)",
+    )  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
 
     p = command("verify", "verify an x-sign signature as the Qredo server does", cmd_verify)
@@ -98,7 +102,7 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
 
 
 def _sign_batch(args: argparse.Namespace, out: Output) -> int:
-    from .._batch import read_batch, sign_batch
+    from .._batch import batch_base, read_batch, sign_batch
 
     given = [
         opt for opt in ("url", "body", "method", "timestamp", "nonce")
@@ -122,7 +126,9 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
         if item.error is not None:
             out.error(item.error.exit_code, str(item.error))
 
-    items = sign_batch(signer, lines, jobs=args.jobs, on_item=show)
+    items = sign_batch(
+        signer, lines, jobs=args.jobs, on_item=show, base=batch_base(args.batch)
+    )
     failed = [i.error for i in items if i.error is not None]
     if out.json_mode:
         doc: dict[str, Any] = {"results": [i.to_json() for i in items], "failed": len(failed)}
