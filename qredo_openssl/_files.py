@@ -32,14 +32,16 @@ def ensure_dir(path: str) -> None:
         raise BadInputError(msg) from None
 
 
+TEMP_PREFIX = ".qredo-openssl-"
+
+
 @contextlib.contextmanager
 def private_tempdir(near: str) -> Iterator[str]:
     """A 0700 temporary directory inside ``near``, removed on the way out whatever happens."""
     try:
-        tmp = tempfile.mkdtemp(prefix=".qredo-openssl-", dir=near)
+        tmp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=near)
     except OSError as exc:
-        msg = f"cannot write in {near}: {exc.strerror}"
-        raise BadInputError(msg) from None
+        raise write_error(near, exc, "cannot write in") from None
     try:
         yield tmp
     finally:
@@ -91,7 +93,7 @@ def write_private(path: str, data: bytes, mode: int = 0o600) -> None:
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 
 
-def write_error(path: str, exc: OSError) -> WriteError:
+def write_error(path: str, exc: OSError, doing: str = "cannot write") -> WriteError:
     """``exc`` as a :class:`WriteError` naming ``path`` (the final name), "disk full" if so."""
     if exc.errno == errno.ENOSPC:
         why = "disk full"
@@ -99,7 +101,7 @@ def write_error(path: str, exc: OSError) -> WriteError:
         why = "disk quota exceeded"
     else:
         why = exc.strerror or str(exc)
-    return WriteError(f"cannot write {path}: {why}")
+    return WriteError(f"{doing} {path}: {why}")
 
 
 def _ident(path: str) -> tuple[int, int] | None:

@@ -9,8 +9,22 @@ from dataclasses import dataclass
 
 from ._checks import Finding, check_private, check_public
 from ._defaults import ALLOWED_BITS, QREDO_BITS
-from ._errors import BadInputError, Interrupted, OpenSSLError, QredoOpenSSLError
-from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
+from ._errors import (
+    BadInputError,
+    Interrupted,
+    OpenSSLError,
+    QredoOpenSSLError,
+    RefusedOverwriteError,
+    UsageError,
+)
+from ._files import (
+    KeyPaths,
+    ensure_dir,
+    private_tempdir,
+    publishing,
+    refuse_existing,
+    write_error,
+)
 from ._openssl import (
     OpenSSL,
     TraditionalDecision,
@@ -60,6 +74,7 @@ class KeygenResult:
     backups: tuple[str, ...]
     commands: tuple[tuple[str, ...], ...]
     findings: tuple[Finding, ...]
+    skipped: bool = False  # an existing pair that passes its checks, left as it was
 
 
 def _fail_message(findings: Sequence[Finding], plan: KeygenPlan) -> str:
@@ -84,22 +99,75 @@ def _verified(paths: KeyPaths, openssl: OpenSSL, plan: KeygenPlan) -> list[Findi
     return findings
 
 
+FULL_BELOW = 64 * 1024  # bytes free: less than this, and a missing output is a full disk
+
+
 def produced(tmp: str, name: str, argv: Sequence[str]) -> str:
     path = os.path.join(tmp, name)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         msg = f"openssl {argv[1]} exited 0 but wrote no {name}"
+        # OpenSSL 1.x and 3.0 can exit 0 when the final write of -out fails (ENOSPC).
+        if _free_bytes(tmp) < FULL_BELOW:
+            msg += f": disk full in {os.path.dirname(tmp) or '.'}"
         raise OpenSSLError(msg, argv=argv)
     return path
 
 
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return FULL_BELOW  # unknown: do not claim a full disk
+    return st.f_bavail * st.f_frsize
+
+
 def generate_keypair(
-    paths: KeyPaths, plan: KeygenPlan, *, force: bool = False, stop: threading.Event | None = None
+    paths: KeyPaths,
+    plan: KeygenPlan,
+    *,
+    force: bool = False,
+    skip_existing: bool = False,
+    stop: threading.Event | None = None,
 ) -> KeygenResult:
     """Make ``private.pem`` and ``public.pem`` as Qredo documents, never clobbering.
 
     Nothing appears at a final name unless both files were made and pass their checks; with
-    ``force``, whatever was there is kept as ``NAME.YYYYmmddTHHMMSSZ.bak``.
+    ``force``, whatever was there is kept as ``NAME.YYYYmmddTHHMMSSZ.bak``. With
+    ``skip_existing``, an existing pair that passes its checks is left as it is
+    (``skipped``); one that fails them, or half a pair, is refused. A file that cannot be
+    written (a full disk) raises :class:`WriteError` naming the final path.
     """
+    if force and skip_existing:
+        msg = "--skip-existing and --force cannot be given together"
+        raise UsageError(msg)
+    if skip_existing and any(os.path.lexists(p) for p in (paths.private, paths.public)):
+        return _existing(paths, plan)
+    try:
+        return _generate(paths, plan, force, stop)
+    except OSError as exc:  # anything the publisher did not already name
+        raise write_error(paths.private, exc) from None
+
+
+def _existing(paths: KeyPaths, plan: KeygenPlan) -> KeygenResult:
+    private, derived = check_private(paths.private, plan.openssl)
+    findings = private + check_public(paths.public, derived, paths.private, plan.openssl)
+    failed = next((f for f in findings if f.status == "fail"), None)
+    if failed is not None:
+        msg = f"the existing pair in {paths.dir} fails its check {failed.name} "
+        msg += f"({failed.message}); refusing to touch it (--force replaces it, keeping backups)"
+        raise RefusedOverwriteError(msg)
+    with open(paths.public, "rb") as f:  # just checked: a small regular PEM file
+        public_pem = f.read()
+    bits = next(f for f in findings if f.name == "private.bits").message.split()[0]
+    return KeygenResult(
+        paths, int(bits), fingerprint(public_pem), public_pem.decode("ascii"), (), (),
+        tuple(findings), skipped=True,
+    )  # fmt: skip
+
+
+def _generate(
+    paths: KeyPaths, plan: KeygenPlan, force: bool, stop: threading.Event | None
+) -> KeygenResult:
     for d in {os.path.dirname(paths.private) or ".", os.path.dirname(paths.public) or "."}:
         ensure_dir(d)
     if not force:
@@ -133,25 +201,31 @@ def generate_keypairs(
     plan: KeygenPlan,
     *,
     force: bool = False,
+    skip_existing: bool = False,
     jobs: int | None = None,
     on_done: Callable[[KeyPaths, KeygenResult | QredoOpenSSLError], None] | None = None,
 ) -> list[KeygenResult | QredoOpenSSLError]:
     """:func:`generate_keypair` for many directories in parallel; results in input order.
 
-    An expected failure in one directory is returned in its place and does not stop the
-    others. On Ctrl-C or SIGTERM every OpenSSL child is killed and every worker cleans up
-    before the interrupt propagates.
+    A failure in one directory (a full disk included) is returned in its place and does not
+    stop the others. ``on_done`` is called from the worker as each directory finishes, so
+    results can be shown at once. On Ctrl-C or SIGTERM every OpenSSL child is killed and
+    every worker cleans up before the interrupt propagates; a directory that finished
+    meanwhile keeps its pair and is still passed to ``on_done`` (a failure then is not).
     """
+    if force and skip_existing:
+        msg = "--skip-existing and --force cannot be given together"
+        raise UsageError(msg)
     stop = threading.Event()
 
     def one(paths: KeyPaths) -> KeygenResult | QredoOpenSSLError:
         try:
             result: KeygenResult | QredoOpenSSLError = generate_keypair(
-                paths, plan, force=force, stop=stop
+                paths, plan, force=force, skip_existing=skip_existing, stop=stop
             )
         except QredoOpenSSLError as exc:
             result = exc
-        if on_done is not None and not stop.is_set():
+        if on_done is not None and (isinstance(result, KeygenResult) or not stop.is_set()):
             on_done(paths, result)
         return result
 

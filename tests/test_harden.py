@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -299,3 +300,179 @@ def test_batch_bodies_held_at_once_are_bounded(
     items = _batch.sign_batch(signer, lines, jobs=4, base=str(tmp_path))
     assert all(i.result is not None for i in items), [str(i.error) for i in items]
     assert peak[0] == 1  # 800 + 800 > 1000: one body at a time
+
+
+# -- 1. multi-DIR keygen: each result at once, truthful interrupts, --skip-existing -----------
+
+
+def test_keygen_many_reports_each_dir(make_fake, tmp_path: Path) -> None:
+    fake = make_fake("3.0")
+    dirs = [str(tmp_path / f"k{i}") for i in range(3)]
+    r = run_cli("keygen", "-j", "1", "--openssl", str(fake.path), *dirs)
+    assert r.returncode == 0, r.stderr
+    for n, d in enumerate(dirs, start=1):
+        assert f"[{n}/3] {d}: Wrote {d}/private.pem" in r.stderr
+        label = next(line for line in r.stdout.splitlines() if line.startswith(f"# {d}: "))
+        assert label.split(": ")[1].startswith("SHA256:")
+    assert r.stdout.count("-----BEGIN PUBLIC KEY-----") == 3
+    assert "3 DIRs: 3 new pairs, 0 failed" in r.stderr
+    assert r.stderr.count("Next: ") == 1
+
+
+def _sleep_in(name: str, pids: Path) -> str:
+    """A genrsa action: sleep (recording its pid) when run for the DIR called ``name``."""
+    return f'case "$PWD" in */{name}/*) echo $$ >> {pids}; exec sleep 60;; esac'
+
+
+def _wait_for(predicate, what: str, limit: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("sig", "flags"),
+    [
+        pytest.param(signal.SIGINT, ("--json",), id="SIGINT-json"),
+        pytest.param(signal.SIGTERM, ("-f",), id="SIGTERM-force"),
+    ],
+)
+def test_keygen_interrupt_names_the_dirs_kept(make_fake, tmp_path: Path, sig, flags) -> None:
+    pids = tmp_path / "pids"
+    fake = make_fake("3.0", genrsa_action=_sleep_in("k2", pids))
+    dirs = [tmp_path / f"k{i}" for i in range(3)]
+    if "-f" in flags:
+        for d in dirs:
+            d.mkdir(mode=0o700)
+            (d / "private.pem").write_text("old\n")
+    argv = ["keygen", *flags, "-j", "3", "--openssl", str(fake.path), *map(str, dirs)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qredo_openssl", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    _wait_for(lambda: pids.exists() and pids.read_text().strip(), "genrsa in k2")
+    _wait_for(lambda: all((d / "public.pem").exists() for d in dirs[:2]), "k0 and k1 to be done")
+    time.sleep(0.2)  # their reports are written right after publishing
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "nothing was kept" not in err
+    assert f"kept the checked pairs already made in {dirs[0]}, {dirs[1]}" in err
+    assert sorted(p.name for p in dirs[2].iterdir()) == (["private.pem"] if "-f" in flags else [])
+    if "-f" in flags:
+        assert "old keys are in the backups" in err
+        assert (dirs[2] / "private.pem").read_text() == "old\n"
+        assert len(list(dirs[0].glob("private.pem.*.bak"))) == 1
+    else:
+        doc = json.loads(out)
+        assert doc["kept"] == [str(d) for d in dirs[:2]]
+        assert doc["error"]["code"] == 130
+        assert [k["ok"] for k in doc["keys"]] == [True, True]
+
+
+def test_keygen_skip_existing(make_fake, tmp_path: Path) -> None:
+    fake = make_fake("3.0")
+    o = ("--openssl", str(fake.path))
+    k0, k1, half, bad = (tmp_path / n for n in ("k0", "k1", "half", "bad"))
+    assert run_cli("keygen", *o, str(k0), str(bad)).returncode == 0
+    before = (k0 / "private.pem").read_bytes()
+    r = run_cli("--json", "keygen", "--skip-existing", *o, str(k0), str(k1))
+    assert r.returncode == 0, r.stdout
+    doc = json.loads(r.stdout)
+    assert [k["skipped"] for k in doc["keys"]] == [True, False]
+    assert (k0 / "private.pem").read_bytes() == before
+    assert doc["keys"][0]["public_pem"] == (k0 / "public.pem").read_text()
+    assert (k1 / "public.pem").exists()
+    r = run_cli("keygen", "--skip-existing", *o, str(k0))
+    assert r.returncode == 0
+    assert "left the existing pair as it is" in r.stderr
+    # half a pair, or a pair that fails its checks: still refused
+    half.mkdir()
+    (half / "private.pem").write_bytes(before)
+    (half / "private.pem").chmod(0o600)
+    (bad / "private.pem").chmod(0o644)
+    for d, why in ((half, "public.exists"), (bad, "private.mode")):
+        r = run_cli("keygen", "--skip-existing", *o, str(d))
+        assert r.returncode == 4, r.stderr
+        assert why in r.stderr
+    r = run_cli("keygen", "--skip-existing", "-f", *o, str(k0))
+    assert r.returncode == 2
+    assert "--skip-existing and --force" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["keygen", "pubkey", "apikey"])
+def test_f_is_force(command: str) -> None:
+    r = run_cli(command, "--help")
+    assert "-f, --force" in r.stdout
+
+
+# -- 3. one DIR's disk error is that DIR's error ---------------------------------------------
+
+
+def _fail_for(monkeypatch: pytest.MonkeyPatch, name: str, where: str, err: int) -> None:
+    real = getattr(os, name)
+
+    def failing(*args: object, **kwargs: object) -> object:
+        if any(where in str(a) for a in args):
+            raise OSError(err, os.strerror(err))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_files.os, name, failing)
+
+
+@pytest.mark.parametrize(
+    ("name", "err", "says"),
+    [
+        pytest.param("link", errno.ENOSPC, "disk full", id="ENOSPC-publish"),
+        pytest.param("fsync", errno.EIO, "Input/output error", id="EIO-fsync"),
+    ],
+)
+def test_keygen_disk_error_in_one_dir(
+    make_fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, err: int, says: str
+) -> None:
+    fake = make_fake("3.0")
+    dirs = [tmp_path / f"k{i}" for i in range(3)]
+    if name == "fsync":  # fsync gets a descriptor: fail the one of k1's directory
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("/k1"):
+                raise OSError(err, os.strerror(err))
+            real_fsync(fd)
+
+        monkeypatch.setattr(_files.os, "fsync", fsync)
+    else:
+        _fail_for(monkeypatch, name, "/k1/", err)
+    r = run_cli("--json", "keygen", "--openssl", str(fake.path), *map(str, dirs))
+    assert r.returncode == 1, r.stdout
+    doc = json.loads(r.stdout)
+    assert [k["ok"] for k in doc["keys"]] == [True, False, True]
+    message = doc["keys"][1]["error"]["message"]
+    assert message == f"cannot write {dirs[1]}/private.pem: {says}"
+    assert os.listdir(dirs[1]) == []  # no key, no temporary directory
+    assert (dirs[2] / "public.pem").exists()
+
+
+def test_genrsa_writing_nothing_on_a_full_disk_says_so(
+    make_fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qredo_openssl import _keygen
+
+    fake = make_fake("3.0", genrsa_action="exit 0")
+    real = os.statvfs
+    monkeypatch.setattr(
+        _keygen.os,
+        "statvfs",
+        lambda p: (
+            os.statvfs_result((4096, 4096, 1, 1, 0, 0, 1, 1, 0, 255))
+            if ".qredo-openssl-" in str(p)
+            else real(p)
+        ),
+    )
+    r = run_cli("keygen", "--openssl", str(fake.path), str(tmp_path / "k"))
+    assert r.returncode == 3
+    assert "wrote no private.pem: disk full in" in r.stderr

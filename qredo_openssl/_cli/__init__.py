@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.error(exc.exit_code, str(exc))
         return exc.exit_code
     except (KeyboardInterrupt, Interrupted):
-        out.error(EXIT_INTERRUPTED, "interrupted; nothing was kept")
+        # Claim nothing about files: a command that had finished writing keeps what it wrote.
+        out.error(EXIT_INTERRUPTED, "interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
+import threading
 from typing import Any
 
 import qredo_openssl as q
 
 from .._defaults import ALLOWED_BITS, QREDO_BITS
-from .._errors import QredoOpenSSLError, RefusedOverwriteError, UsageError
+from .._errors import (
+    Interrupted,
+    QredoOpenSSLError,
+    RefusedOverwriteError,
+    UsageError,
+)
 from .._ui import Output
 from ._base import (
     Command,
@@ -23,6 +30,7 @@ from ._base import (
     traditional_option,
 )
 
+EXIT_INTERRUPTED = 130
 NEXT_STEP = (
     "Next: in the Qredo Web App open Settings > Partner API > Upload Public Key, "
     "paste the public key above ({public}) and click Upload."
@@ -37,19 +45,27 @@ def register(command: Command) -> None:
         "--bits", type=int, choices=ALLOWED_BITS, default=QREDO_BITS,
         help="key size: 2048 (default, as Qredo documents), 3072 or 4096",
     )  # fmt: skip
-    p.add_argument("--force", action="store_true", help="replace existing keys, keeping backups")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="replace existing keys, keeping backups"
+    )
+    p.add_argument(
+        "--skip-existing", action="store_true",
+        help="leave a DIR whose pair exists and passes its checks as it is (exit 0)",
+    )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the commands, write nothing")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
     traditional_option(p)
 
     p = command("pubkey", "derive public.pem from an existing private.pem", cmd_pubkey)
-    p.add_argument("--force", action="store_true", help="replace public.pem, keeping a backup")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="replace public.pem, keeping a backup"
+    )
 
     p = command("convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert)
     traditional_option(p)
 
     p = command("apikey", "save the API key from standard input as DIR/apikey (0600)", cmd_apikey)
-    p.add_argument("--force", action="store_true", help="replace apikey, keeping a backup")
+    p.add_argument("-f", "--force", action="store_true", help="replace apikey, keeping a backup")
 
 
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
@@ -59,6 +75,8 @@ def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(msg)
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.force and args.skip_existing:
+        raise UsageError("keygen: --skip-existing and --force cannot be given together")
     openssl = get_openssl(args)
     plan = q.plan_keygen(openssl, args.bits, args.traditional)
     if plan.bits != QREDO_BITS:
@@ -84,54 +102,134 @@ def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
         return 0
 
     out.info(f"OpenSSL: {describe(openssl)}; {decision}")
-    results = _run_keygens(paths, plan, args, out)
-    doc["keys"] = []
-    code = 0
-    for p, r in zip(paths, results):
-        entry: dict[str, Any] = {"dir": p.dir, "private": p.private, "public": p.public}
-        if isinstance(r, QredoOpenSSLError):
-            entry.update(ok=False, error=error_doc(r))
-            code = code or r.exit_code
-            if not out.json_mode:
-                out.error(r.exit_code, f"{p.dir}: {r}")
+    report = _KeygenReport(paths, out)
+    try:
+        _run_keygens(paths, plan, args, out, report)
+    except (KeyboardInterrupt, Interrupted):
+        return report.interrupted(doc, args.force)
+    return report.finish(doc)
+
+
+def _key_entry(p: q.KeyPaths, r: q.KeygenResult | QredoOpenSSLError) -> dict[str, Any]:
+    entry: dict[str, Any] = {"dir": p.dir, "private": p.private, "public": p.public}
+    if isinstance(r, QredoOpenSSLError):
+        entry.update(ok=False, error=error_doc(r))
+    else:
+        entry.update(
+            ok=True, skipped=r.skipped, bits=r.bits, fingerprint=r.fingerprint,
+            backups=list(r.backups), commands=[list(c) for c in r.commands],
+            public_pem=r.public_pem, error=None,
+        )  # fmt: skip
+    return entry
+
+
+class _KeygenReport:
+    """Each DIR's result shown as soon as it is done (from the worker), then one summary."""
+
+    def __init__(self, paths: list[q.KeyPaths], out: Output) -> None:
+        self.paths = paths
+        self.out = out
+        self.many = len(paths) > 1
+        self.done: dict[int, q.KeygenResult | QredoOpenSSLError] = {}
+        self.lock = threading.Lock()
+        self.on_progress: Any = None
+
+    def __call__(self, p: q.KeyPaths, r: q.KeygenResult | QredoOpenSSLError) -> None:
+        with self.lock:
+            # by identity: the same DIR given twice is two entries
+            i = next(i for i, x in enumerate(self.paths) if x is p and i not in self.done)
+            self.done[i] = r
+            n, out = len(self.done), self.out
+            where = f"[{n}/{len(self.paths)}] {p.dir}: " if self.many else ""
+            if isinstance(r, QredoOpenSSLError):
+                if not out.json_mode:
+                    out.error(r.exit_code, f"{where or p.dir + ': '}{r}")
+            elif not out.json_mode:
+                if self.many:
+                    out.data(f"# {p.dir}: {r.fingerprint}")
+                out.data(r.public_pem)
+                for b in r.backups:
+                    out.info(f"{where}kept the old file as {b}")
+                if r.skipped:
+                    out.info(f"{where}left the existing pair as it is: {r.paths.private}, "
+                             f"{r.paths.public} pass their checks")  # fmt: skip
+                else:
+                    out.info(f"{where}Wrote {r.paths.private} (RSA {r.bits}, PKCS#1, 0600) "
+                             f"and {r.paths.public} (0644)")  # fmt: skip
+                out.info(f"{where}Fingerprint: {r.fingerprint}")
+            if self.on_progress is not None:
+                self.on_progress(n, p)
+
+    def _entries(self) -> list[dict[str, Any]]:
+        return [_key_entry(p, self.done[i]) for i, p in enumerate(self.paths) if i in self.done]
+
+    def finish(self, doc: dict[str, Any]) -> int:
+        results = [self.done[i] for i in range(len(self.paths))]
+        failed = [r for r in results if isinstance(r, QredoOpenSSLError)]
+        made = [r for r in results if isinstance(r, q.KeygenResult) and not r.skipped]
+        code = failed[0].exit_code if failed else 0
+        doc["keys"] = self._entries()
+        if self.out.json_mode:
+            if failed:
+                doc["error"] = error_doc(failed[0])
+            self.out.json(doc)
+            return code
+        if self.many:
+            skipped = len(results) - len(made) - len(failed)
+            also = f", {skipped} left as they were" if skipped else ""
+            summary = f"{len(results)} DIRs: {len(made)} new pairs{also}, {len(failed)} failed"
+            self.out.info(summary, style="bold red" if failed else "bold")
+        if made:
+            public = made[0].paths.public if len(made) == 1 else "each public.pem"
+            self.out.info(NEXT_STEP.format(public=public), style="bold")
+        return code
+
+    def interrupted(self, doc: dict[str, Any], force: bool) -> int:
+        """Say truthfully what was kept: the DIRs done keep their checked pairs."""
+        with self.lock:
+            done = sorted(self.done.items())
+            kept = [self.paths[i] for i, r in done if isinstance(r, q.KeygenResult)]
+            entries = self._entries()
+        dirs = ", ".join(shlex.quote(p.dir) for p in kept)
+        if kept:
+            msg = f"interrupted; kept the checked pairs already made in {dirs}"
+            if force:
+                msg += " (their old keys are in the backups named above)"
+            msg += "; nothing was written in the other DIRs"
         else:
-            entry.update(
-                ok=True, bits=r.bits, fingerprint=r.fingerprint, backups=list(r.backups),
-                commands=[list(c) for c in r.commands], public_pem=r.public_pem, error=None,
-            )  # fmt: skip
-            _report_keygen(r, out)
-        doc["keys"].append(entry)
-    if out.json_mode:
-        first = next((k["error"] for k in doc["keys"] if k["error"]), None)
-        if first is not None:
-            doc["error"] = first
-        out.json(doc)
-    return code
-
-
-def _report_keygen(r: q.KeygenResult, out: Output) -> None:
-    out.data(r.public_pem)
-    for b in r.backups:
-        out.info(f"kept the old file as {b}")
-    out.info(f"Wrote {r.paths.private} (RSA {r.bits}, PKCS#1, 0600) and {r.paths.public} (0644)")
-    out.info(f"Fingerprint: {r.fingerprint}")
-    out.info(NEXT_STEP.format(public=r.paths.public), style="bold")
+            msg = "interrupted; no key was written"
+        if self.out.json_mode:
+            doc.update(keys=entries, interrupted=True, kept=[p.dir for p in kept])
+            doc["error"] = {"code": EXIT_INTERRUPTED, "message": msg}
+            with contextlib.suppress(OSError):
+                self.out.json(doc)
+            self.out.json_mode = False  # the document is out; the message goes to stderr only
+        self.out.error(EXIT_INTERRUPTED, msg)
+        return EXIT_INTERRUPTED
 
 
 def _run_keygens(
-    paths: list[q.KeyPaths], plan: q.KeygenPlan, args: argparse.Namespace, out: Output
-) -> list[q.KeygenResult | QredoOpenSSLError]:
+    paths: list[q.KeyPaths],
+    plan: q.KeygenPlan,
+    args: argparse.Namespace,
+    out: Output,
+    report: _KeygenReport,
+) -> None:
+    opts = {"force": args.force, "skip_existing": args.skip_existing, "jobs": args.jobs}
     if len(paths) == 1 or out.console is None or out.quiet:
-        return q.generate_keypairs(paths, plan, force=args.force, jobs=args.jobs)
+        q.generate_keypairs(paths, plan, **opts, on_done=report)
+        return
     from rich.progress import Progress
 
     with Progress(console=out.console, transient=False) as progress:
-        task = progress.add_task("keygen", total=len(paths))
+        total = len(paths)
+        task = progress.add_task(f"keygen 0/{total}", total=total)
 
-        def done(p: q.KeyPaths, r: q.KeygenResult | QredoOpenSSLError) -> None:
-            progress.advance(task)
+        def advance(n: int, p: q.KeyPaths) -> None:
+            progress.update(task, completed=n, description=f"keygen {n}/{total} {p.dir}")
 
-        return q.generate_keypairs(paths, plan, force=args.force, jobs=args.jobs, on_done=done)
+        report.on_progress = advance
+        q.generate_keypairs(paths, plan, **opts, on_done=report)
 
 
 def _repair_doc(r: q.RepairResult) -> dict[str, Any]:
