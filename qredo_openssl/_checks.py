@@ -12,7 +12,7 @@ from typing import Literal
 
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
-from ._files import NEXT_DIR, ROTATE_JOURNAL, KeyPaths
+from ._files import NEXT_DIR, ROTATE_JOURNAL, TEMP_PREFIX, KeyPaths
 from ._openssl import OpenSSL
 from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounded
 from ._run import headline
@@ -21,6 +21,8 @@ Status = Literal["ok", "warn", "fail", "skip"]
 
 _BITS_RE = re.compile(r"\((\d+) bit")
 _EXPONENT_RE = re.compile(r"(?:publicExponent|Exponent):\s*(\d+)")
+
+
 @dataclass(frozen=True)
 class Finding:
     """One check's result; ``name`` is stable (docs/contract.md), ``message`` is for people."""
@@ -28,6 +30,7 @@ class Finding:
     name: str
     status: Status
     message: str
+    fix: tuple[str, ...] | None = None  # a command that fixes it (argv), for the CLI to show
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,40 @@ def check_rotation(directory: str) -> list[Finding]:
     return []
 
 
+def check_dir(directory: str) -> list[Finding]:
+    """``dir.mode`` and ``dir.leftovers``: who can change DIR, and what a killed run left."""
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        why = f"cannot look at {directory}: {exc.strerror}"
+        return [Finding("dir.mode", "skip", why), Finding("dir.leftovers", "skip", why)]
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        msg = f"{directory} is owned by uid {st.st_uid}, not you: its owner can replace your keys"
+        found = [Finding("dir.mode", "warn", msg)]
+    elif mode & 0o022:
+        msg = f"{directory} is mode {mode:04o}: group/other can replace the key files in it"
+        found = [Finding("dir.mode", "warn", msg, ("chmod", "700", directory))]
+    else:
+        found = [Finding("dir.mode", "ok", f"mode {mode:04o}, yours")]
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.startswith(TEMP_PREFIX))
+    except OSError as exc:
+        why = f"cannot list {directory}: {exc.strerror}"
+        return [*found, Finding("dir.leftovers", "skip", why)]
+    left = [
+        os.path.join(directory, n) for n in names
+        if stat.S_ISDIR(os.lstat(os.path.join(directory, n)).st_mode)
+    ]  # fmt: skip
+    if left:
+        msg = f"{len(left)} temporary director{'ies' if len(left) > 1 else 'y'} left by an "
+        msg += "interrupted run (it may hold a private key)"
+        found.append(Finding("dir.leftovers", "warn", msg, ("rm", "-rf", "--", *left)))
+    else:
+        found.append(Finding("dir.leftovers", "ok", "no temporary directories left behind"))
+    return found
+
+
 def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
     """Every check of docs/contract.md on a key directory, in a stable order."""
     private, derived = check_private(paths.private, openssl)
@@ -299,6 +336,7 @@ def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
         *check_public(paths.public, derived, paths.private, openssl),
         *check_apikey(paths.apikey),
         *check_rotation(paths.dir),
+        *check_dir(paths.dir),
     ]
 
 

@@ -21,15 +21,27 @@ ROTATE_JOURNAL = "rotate.journal"
 
 
 def ensure_dir(path: str) -> None:
-    """Create a key directory (0700) if missing; refuse a file in its place."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except FileExistsError:
+    """Create a key directory if missing, and every missing parent, each 0700; refuse a file.
+
+    ``os.makedirs`` gives the parents it creates the umask's mode (0777 under umask 000).
+    """
+    missing: list[str] = []
+    here = os.path.abspath(path)
+    while not os.path.lexists(here) and os.path.dirname(here) != here:
+        missing.append(here)
+        here = os.path.dirname(here)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to change
+        except OSError as exc:
+            msg = f"cannot create {path}: {exc.strerror}"
+            raise BadInputError(msg) from None
+        os.chmod(d, 0o700)  # a umask may have taken the owner's own bits
+    if not os.path.isdir(path):
         msg = f"{path} exists and is not a directory"
-        raise BadInputError(msg) from None
-    except OSError as exc:
-        msg = f"cannot create {path}: {exc.strerror}"
-        raise BadInputError(msg) from None
+        raise BadInputError(msg)
 
 
 TEMP_PREFIX = ".qredo-openssl-"

@@ -476,3 +476,66 @@ def test_genrsa_writing_nothing_on_a_full_disk_says_so(
     r = run_cli("keygen", "--openssl", str(fake.path), str(tmp_path / "k"))
     assert r.returncode == 3
     assert "wrote no private.pem: disk full in" in r.stderr
+
+
+# -- 7. directories: 0700 from birth, parents included; dir.mode and dir.leftovers -----------
+
+
+def test_every_created_directory_is_0700(make_fake, tmp_path: Path) -> None:
+    fake = make_fake("3.0")
+    old = os.umask(0)
+    try:
+        r = run_cli("keygen", "--openssl", str(fake.path), "nest/a/keys", cwd=tmp_path)
+    finally:
+        os.umask(old)
+    assert r.returncode == 0, r.stderr
+    for d in ("nest", "nest/a", "nest/a/keys"):
+        assert _mode(tmp_path / d) == 0o700, d
+
+
+def test_apikey_parents_are_0700_too(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        q.save_apikey(str(tmp_path / "x" / "y" / "apikey"), K)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "x") == _mode(tmp_path / "x" / "y") == 0o700
+
+
+def _dir_findings(d: Path) -> dict[str, q.Finding]:
+    from qredo_openssl._checks import check_dir
+
+    return {f.name: f for f in check_dir(str(d))}
+
+
+def test_dir_mode(tmp_path: Path) -> None:
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    assert _dir_findings(d)["dir.mode"].status == "ok"
+    d.chmod(0o777)
+    f = _dir_findings(d)["dir.mode"]
+    assert f.status == "warn"
+    assert "0777" in f.message
+    assert f.fix == ("chmod", "700", str(d))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory away")
+def test_dir_owned_by_another_user(tmp_path: Path) -> None:
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    os.chown(d, 4242, -1)
+    f = _dir_findings(d)["dir.mode"]
+    assert f.status == "warn"
+    assert "owned by uid 4242" in f.message
+
+
+def test_dir_leftovers(tmp_path: Path) -> None:
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    assert _dir_findings(d)["dir.leftovers"].status == "ok"
+    (d / ".qredo-openssl-abc123").mkdir()
+    (d / ".qredo-openssl-abc123" / "private.pem").write_text("secret")
+    f = _dir_findings(d)["dir.leftovers"]
+    assert f.status == "warn"
+    assert "may hold a private key" in f.message
+    assert f.fix == ("rm", "-rf", "--", str(d / ".qredo-openssl-abc123"))
