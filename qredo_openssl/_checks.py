@@ -18,6 +18,7 @@ from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounde
 from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
+Fix = tuple[str, ...]
 
 _BITS_RE = re.compile(r"\((\d+) bit")
 _EXPONENT_RE = re.compile(r"(?:publicExponent|Exponent):\s*(\d+)")
@@ -58,11 +59,23 @@ def parse_rsa_text(text: str) -> RsaFacts:
     )
 
 
+def ours(command: str, *extra: str, private: str | None = None, public: str | None = None) -> Fix:
+    """``qredo-openssl COMMAND ... DIR`` for the files at fault: the DIR when they have their
+    usual names there, else ``--private``/``--public`` naming them."""
+    named = (("private", private, "private.pem"), ("public", public, "public.pem"))
+    given = [(o, p, n) for o, p, n in named if p is not None]
+    dirs = {os.path.dirname(p) or "." for _, p, _ in given}
+    if len(dirs) == 1 and all(os.path.basename(p) == n for _, p, n in given):
+        return ("qredo-openssl", command, *extra, dirs.pop())
+    paths = [a for o, p, _ in given for a in (f"--{o}", p)]
+    return ("qredo-openssl", command, *extra, *paths)
+
+
 def _mode_finding(name: str, path: str, fail: Status) -> Finding:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        msg = f"{path} is mode {mode:04o}: group/other can access it; run: chmod 600 {path}"
-        return Finding(name, fail, msg)
+        msg = f"{path} is mode {mode:04o}: group/other can access it"
+        return Finding(name, fail, msg, ("chmod", "600", path))
     return Finding(name, "ok", f"mode {mode:04o}")
 
 
@@ -97,9 +110,9 @@ def _frame_problem(path: str, data: bytes) -> str | None:
 
 
 _PRIVATE_LABELS = {
-    "PRIVATE KEY": "is PKCS#8 (BEGIN PRIVATE KEY); run: qredo-openssl convert",
+    "PRIVATE KEY": "is PKCS#8 (BEGIN PRIVATE KEY)",
     "ENCRYPTED PRIVATE KEY": "is encrypted PKCS#8 (BEGIN ENCRYPTED PRIVATE KEY)",
-    "EC PRIVATE KEY": "is an EC key; Qredo needs RSA: run qredo-openssl keygen",
+    "EC PRIVATE KEY": "is an EC key; Qredo needs RSA (a new key, uploaded again)",
     "PUBLIC KEY": "is a public key, not a private key",
     "RSA PUBLIC KEY": "is a public key, not a private key",
 }
@@ -123,12 +136,15 @@ def check_private(
         return [*(Finding(f"private.{n}", "skip", why) for n in names), mode]
 
     # 1.x ``rsa`` writes PKCS#1 and has no -traditional; 3.x needs it (unknown: say it).
-    trad = "" if openssl.version.needs_traditional is False else " -traditional"
+    trad = () if openssl.version.needs_traditional is False else ("-traditional",)
     problem = _frame_problem(path, data)
     block = frame_pem(data) if problem is None else None
     is_rsa = block is not None and block.der is not None and block.label == "RSA PRIVATE KEY"
+    fix: Fix | None = None
+    new_key = ours("keygen", "--force", private=path)
     if problem is not None and problem.endswith("not PEM") and data[:1] == b"\x30":
-        problem += f"; run: openssl rsa -inform DER -in {path}{trad} -out private.pem"
+        problem += f" (the PEM form goes to {path}.pem; then move it to {path})"
+        fix = ("openssl", "rsa", "-inform", "DER", "-in", path, *trad, "-out", f"{path}.pem")
     elif problem is None and block is None:
         begin = BEGIN_RE.search(data)
         what = begin.group(1).decode() if begin else "PEM"
@@ -136,27 +152,34 @@ def check_private(
     elif block is not None and block.der is None:
         problem = f"{path} is corrupt: its Base64 body does not decode"
     elif block is not None and block.label == "PRIVATE KEY" and not block.rsa_private:
-        problem = f"{path} is PKCS#8 but not an RSA key (EC? Ed25519?); Qredo needs RSA: "
-        problem += "run qredo-openssl keygen"
+        problem = f"{path} is PKCS#8 but not an RSA key (EC? Ed25519?); Qredo needs RSA "
+        problem += "(a new key, uploaded again)"
+        fix = new_key
     elif block is not None and block.label != "RSA PRIVATE KEY":
         is_rsa = block.label == "PRIVATE KEY"  # PKCS#8 RSA: OpenSSL reads it, check the rest
         why = _PRIVATE_LABELS.get(block.label, f"is a PEM {block.label}, not an RSA PRIVATE KEY")
         problem = f"{path} {why}"
+        fix = {"PRIVATE KEY": ours("convert", private=path), "EC PRIVATE KEY": new_key}.get(
+            block.label
+        )
     elif data.startswith(BOM):
         # Go's pem.Decode (the signing client) and OpenSSL 1.x look for "-----BEGIN" at the
         # start of a line, so a BOM hides the key from them; OpenSSL 3 skips it.
         problem = f"{path} starts with a UTF-8 BOM, which hides the key from the signing "
-        problem += "client's PEM decoder; run: qredo-openssl convert"
+        problem += "client's PEM decoder"
+        fix = ours("convert", private=path)
     if problem is not None:
-        found.append(Finding("private.format", "fail", problem))
+        found.append(Finding("private.format", "fail", problem, fix))
     else:
         crlf = " with CRLF line endings (accepted)" if b"\r\n" in data else ""
         found.append(Finding("private.format", "ok", f"PKCS#1 PEM (RSA PRIVATE KEY){crlf}"))
 
     if block is not None and block.encrypted:
-        fix = f"openssl rsa -in {path}{trad} -out private.plain.pem (asks for the passphrase)"
-        msg = f"{path} is encrypted with a passphrase; the signing client needs it plain: {fix}"
-        found.append(Finding("private.encrypted", "fail", msg))
+        plain = os.path.join(os.path.dirname(path), "private.plain.pem")
+        msg = f"{path} is encrypted with a passphrase; the signing client needs it plain "
+        msg += f"(this asks for the passphrase and writes {plain})"
+        decrypt = ("openssl", "rsa", "-in", path, *trad, "-out", plain)
+        found.append(Finding("private.encrypted", "fail", msg, decrypt))
         return found + skip("encrypted key not opened", "valid", "bits", "exponent"), None
     if not is_rsa:
         return found + skip("see private.format", "encrypted", "valid", "bits", "exponent"), None
@@ -210,6 +233,7 @@ def _bits_finding(bits: int | None) -> Finding:
 def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSSL) -> list[Finding]:
     """``public.*`` findings; ``derived`` is the public key DER of the private key, if known."""
     data, found = _read(path, "public key", "public")
+    rewrite = ours("pubkey", "--force", private=private, public=path)
     if data is None:
         return [
             *found,
@@ -221,12 +245,11 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
     if problem is None and (block is None or block.der is None):
         problem = f"{path} is truncated or corrupt"
     elif problem is None and block is not None and block.label != "PUBLIC KEY":
-        fix = "run: qredo-openssl pubkey --force"
-        problem = f"{path} is a PEM {block.label}, not a PUBLIC KEY (SubjectPublicKeyInfo); {fix}"
+        problem = f"{path} is a PEM {block.label}, not a PUBLIC KEY (SubjectPublicKeyInfo)"
     if problem is not None:
         return [
             *found,
-            Finding("public.format", "fail", problem),
+            Finding("public.format", "fail", problem, rewrite),
             Finding("public.matches", "skip", "not a public key"),
         ]
     assert block is not None
@@ -251,16 +274,19 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
     if derived is None:
         found.append(Finding("public.matches", "skip", "the private key could not be read"))
     else:
-        msg = f"{path} is not the public half of {private}; run: qredo-openssl pubkey --force"
-        found.append(Finding("public.matches", "fail", msg))
+        msg = f"{path} is not the public half of {private}"
+        found.append(Finding("public.matches", "fail", msg, rewrite))
     return found
 
 
 def check_apikey(path: str) -> list[Finding]:
     """``apikey.*`` findings; an absent API key is a skip (it is optional for key generation)."""
     if not os.path.lexists(path):
-        skip = "no API key file (optional; save it with: qredo-openssl apikey)"
-        return [Finding("apikey.exists", "skip", skip)] + [
+        skip = f"no API key file at {path} (optional for keys; saved by this command)"
+        save: Fix = ("qredo-openssl", "apikey", os.path.dirname(path) or ".")
+        if os.path.basename(path) != "apikey":
+            save = ("qredo-openssl", "apikey", "--apikey", path)
+        return [Finding("apikey.exists", "skip", skip, save)] + [
             Finding(f"apikey.{n}", "skip", "no API key file") for n in ("format", "mode")
         ]
     data, found = _read(path, "API key", "apikey")

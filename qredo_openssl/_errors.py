@@ -6,9 +6,13 @@ from collections.abc import Sequence
 
 
 class QredoOpenSSLError(Exception):
-    """Base of every error this package raises on purpose; ``exit_code`` is the CLI's."""
+    """Base of every error this package raises on purpose; ``exit_code`` is the CLI's.
+
+    ``fix``, when set, is a command (argv) that fixes it; the CLI shows it shell-quoted.
+    """
 
     exit_code = 1
+    fix: tuple[str, ...] | None = None
 
 
 class BadInputError(QredoOpenSSLError):

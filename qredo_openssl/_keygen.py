@@ -79,8 +79,8 @@ class KeygenResult:
 
 def _fail_message(findings: Sequence[Finding], plan: KeygenPlan) -> str:
     first = next(f for f in findings if f.status == "fail")
-    what = first.message.split("; run:")[0]  # its advice is for a file we are not keeping
-    msg = f"the new key failed its check {first.name}: {what}; nothing was kept"
+    # its fix is for a file we are not keeping: not shown
+    msg = f"the new key failed its check {first.name}: {first.message}; nothing was kept"
     if first.name == "private.format" and not plan.traditional.use:
         msg += " (OpenSSL 3 writes PKCS#8 without -traditional: try --traditional always)"
     return msg
@@ -155,7 +155,9 @@ def _existing(paths: KeyPaths, plan: KeygenPlan) -> KeygenResult:
     if failed is not None:
         msg = f"the existing pair in {paths.dir} fails its check {failed.name} "
         msg += f"({failed.message}); refusing to touch it (--force replaces it, keeping backups)"
-        raise RefusedOverwriteError(msg)
+        err = RefusedOverwriteError(msg)
+        err.fix = failed.fix
+        raise err
     with open(paths.public, "rb") as f:  # just checked: a small regular PEM file
         public_pem = f.read()
     bits = next(f for f in findings if f.name == "private.bits").message.split()[0]

@@ -29,7 +29,10 @@ def _usable_private(paths: KeyPaths, openssl: OpenSSL) -> tuple[dict[str, Findin
         # An encrypted key's own finding carries the decrypt command: say that one first.
         fails = [f for f in findings if f.status == "fail"]
         fails.sort(key=lambda f: f.name != _ENCRYPTED)
-        raise BadInputError((fails[0] if fails else valid).message)
+        first = fails[0] if fails else valid
+        err = BadInputError(first.message)
+        err.fix = first.fix
+        raise err
     return by_name, derived
 
 
@@ -41,7 +44,7 @@ class RepairResult:
     backups: tuple[str, ...]
     commands: tuple[tuple[str, ...], ...]
     message: str
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[Finding, ...] = ()  # what else the signing client will trip on
 
 
 def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
@@ -76,7 +79,7 @@ def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> 
             _verify_public(paths, derived)
     # The public key is right either way; say what else the signing client will trip on.
     warnings = tuple(
-        found[n].message for n in ("private.format", "private.mode") if found[n].status == "fail"
+        found[n] for n in ("private.format", "private.mode") if found[n].status == "fail"
     )
     return RepairResult(
         paths.public, tuple(pub.backups), ((openssl.path, *argv),),

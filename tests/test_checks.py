@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import shlex
 import stat
 import subprocess
 import tracemalloc
@@ -336,7 +337,8 @@ def test_finding_in_process(case_id: str, findings: dict[str, list[q.Finding]]) 
     found = findings[case_id]
     assert [f.name for f in found] == NAMES  # every check, in the stable order
     f = by_name(found)[case.name]
-    assert (f.status, case.says in f.message) == (case.status, True), f
+    shown = f.message + (" " + shlex.join(f.fix) if f.fix else "")  # the fix is data
+    assert (f.status, case.says in shown) == (case.status, True), f
     assert any_failed(found) == (case.exit == 1)
 
 
@@ -379,7 +381,7 @@ def test_bom_valid_is_whatever_openssl_says(findings: dict[str, list[q.Finding]]
     # Go's pem.Decode in the signing client does not skip it.
     found = by_name(findings["bom"])
     assert found["private.valid"].status in ("ok", "fail")
-    assert "convert" in found["private.format"].message
+    assert found["private.format"].fix[:2] == ("qredo-openssl", "convert")
 
 
 def test_huge_file_read_is_bounded(corpus: dict[str, Path], real: q.OpenSSL) -> None:

@@ -72,7 +72,8 @@ def test_doctor_human(flavour: str, make_fake: Callable[..., Fake], tmp_path: Pa
     assert any(line.startswith(f"traditional {yes_no}: ") for line in lines)
     for argv in keygen_commands(str(fake.path), HAS_TRADITIONAL[flavour]):
         assert "  " + shlex.join(argv) in lines  # copy-pasteable
-    assert "run qredo-openssl keygen" in r.stdout
+    assert f"no key files in {tmp_path / 'none'} (looked for " in r.stdout
+    assert "keygen" not in r.stdout.split("no key files")[1]  # never suggests a new key
     assert "\x1b[" not in r.stdout + r.stderr
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +24,9 @@ import qredo_openssl as q
 from qredo_openssl import _files
 
 K = "c2VjcmV0LWtleS1mb3ItdGVzdHM="  # a valid Base64 API key
+
+
+DATA = Path(__file__).parent / "data"
 
 
 def _mode(path: Path) -> int:
@@ -539,3 +544,55 @@ def test_dir_leftovers(tmp_path: Path) -> None:
     assert f.status == "warn"
     assert "may hold a private key" in f.message
     assert f.fix == ("rm", "-rf", "--", str(d / ".qredo-openssl-abc123"))
+
+
+# -- new user: every fix hint runs as printed ------------------------------------------------
+
+
+def _fix_in(text: str) -> list[str]:
+    line = next(x for x in text.splitlines() if "run: " in x)
+    return shlex.split(line.split("run: ", 1)[1])
+
+
+def test_fix_hints_run_as_printed(keys, tmp_path: Path) -> None:
+    d = tmp_path / "some keys"
+    d.mkdir(mode=0o700)
+    shutil.copy(keys.pkcs8, d / "private.pem")
+    shutil.copy(keys.public, d / "public.pem")
+    (d / "private.pem").chmod(0o600)
+    r = run_cli("check", str(d))
+    assert r.returncode == 1
+    fix = _fix_in(r.stdout)
+    assert fix == ["qredo-openssl", "convert", str(d)]
+    assert f"run: qredo-openssl convert '{d}'" in r.stdout  # shell-quoted as printed
+    assert run_cli(*fix[1:]).returncode == 0
+    (d / "private.pem").chmod(0o644)
+    fix = _fix_in(run_cli("check", str(d)).stdout)
+    assert fix[:2] == ["chmod", "600"]
+    subprocess.run(fix, check=True)
+    assert run_cli("check", str(d)).returncode == 0
+
+
+def test_fix_names_overridden_paths(keys, tmp_path: Path) -> None:
+    shutil.copy(keys.pkcs1, tmp_path / "my.key")
+    (tmp_path / "my.key").chmod(0o600)
+    (tmp_path / "stale.pub").write_bytes((DATA / "TEST-KEY-DO-NOT-USE-public.pem").read_bytes())
+    args = ("--private", str(tmp_path / "my.key"), "--public", str(tmp_path / "stale.pub"))
+    r = run_cli("check", *args, str(tmp_path))
+    fix = _fix_in(r.stdout)
+    assert fix == ["qredo-openssl", "pubkey", "--force", *args]
+    assert run_cli(*fix[1:]).returncode == 0
+    assert run_cli("check", *args, str(tmp_path)).returncode == 0
+
+
+def test_missing_key_points_at_the_path(tmp_path: Path) -> None:
+    for argv in (
+        ("sign", "--url", "https://x.example/", str(tmp_path)),
+        ("check", str(tmp_path)),
+        ("doctor", str(tmp_path)),
+    ):
+        r = run_cli(*argv)
+        shown = r.stdout + r.stderr
+        assert str(tmp_path / "private.pem") in shown, argv
+        assert "keygen " + str(tmp_path) not in shown, argv
+        assert "keygen '" not in shown, argv

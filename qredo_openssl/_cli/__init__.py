@@ -17,7 +17,7 @@ from .._errors import Interrupted, QredoOpenSSLError, UsageError
 from .._ui import Output
 from .._version import __version__
 from . import checks, keys, requests, rotate
-from ._base import Command, Handler, Parser, common
+from ._base import Command, Handler, Parser, common, error_message
 
 EXIT_INTERRUPTED = 130
 GROUPS = (keys, checks, requests, rotate)
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--timeout must be a positive number of seconds")
         return handlers[args.command](args, out)
     except QredoOpenSSLError as exc:
-        out.error(exc.exit_code, str(exc))
+        out.error(exc.exit_code, error_message(exc))
         return exc.exit_code
     except (KeyboardInterrupt, Interrupted):
         # Claim nothing about files: a command that had finished writing keeps what it wrote.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import qredo_openssl as q
@@ -134,7 +135,14 @@ def describe(openssl: q.OpenSSL) -> str:
     return f"{name} at {openssl.path}"
 
 
+def with_fix(message: str, fix: Sequence[str] | None) -> str:
+    """A message and the command that fixes it, as a line that runs when pasted."""
+    return f"{message}; run: {shlex.join(fix)}" if fix else message
+
+
+def error_message(exc: QredoOpenSSLError) -> str:
+    return with_fix(str(exc), exc.fix)
+
+
 def error_doc(exc: QredoOpenSSLError) -> dict[str, Any]:
-    return {"code": exc.exit_code, "message": str(exc)}
-
-
+    return {"code": exc.exit_code, "message": error_message(exc)}

@@ -14,7 +14,16 @@ import qredo_openssl as q
 from .._defaults import QREDO_BITS
 from .._errors import BadInputError, OpenSSLError, QredoOpenSSLError, UsageError
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths, openssl_doc, traditional_option
+from ._base import (
+    Command,
+    error_doc,
+    error_message,
+    get_openssl,
+    key_paths,
+    openssl_doc,
+    traditional_option,
+    with_fix,
+)
 
 
 def register(command: Command) -> None:
@@ -27,7 +36,10 @@ def register(command: Command) -> None:
 
 
 def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
-    return [{"name": f.name, "status": f.status, "message": f.message} for f in findings]
+    return [
+        {"name": f.name, "status": f.status, "message": with_fix(f.message, f.fix)}
+        for f in findings
+    ]
 
 
 def _failed(findings: Sequence[q.Finding]) -> list[str]:
@@ -42,7 +54,8 @@ def _show_findings(findings: Sequence[q.Finding], out: Output, label: str = "") 
         if fails:  # -q keeps errors and the names of failed checks (stderr)
             out.problem(f"{where}{len(fails)} failed: {', '.join(fails)}")
         return
-    out.table([(f.status, f.name, f.message) for f in findings], ("status", "check", "detail"))
+    rows = [(f.status, f.name, with_fix(f.message, f.fix)) for f in findings]
+    out.table(rows, ("status", "check", "detail"))
     warns = sum(f.status == "warn" for f in findings)
     also = f" ({warns} warning{'s' * (warns != 1)})" if warns else ""
     if fails:
@@ -118,7 +131,7 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
         if out.json_mode:
             return
         if r.error is not None:
-            msg = str(r.error)
+            msg = error_message(r.error)
             out.problem(msg if r.dir in msg else f"{r.dir}: {msg}")
             return
         if not out.quiet:
@@ -172,7 +185,8 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     out.data("keygen runs (in a private temporary directory, then published):")
     out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
     if findings is None:
-        out.data(f"no key files in {paths.dir}: run qredo-openssl keygen {shlex.quote(paths.dir)}")
+        looked = ", ".join((paths.private, paths.public, paths.apikey))
+        out.data(f"no key files in {paths.dir} (looked for {looked})")
     else:
         out.data(f"checks of {paths.dir}:")
         _show_findings(findings, out)

@@ -24,10 +24,12 @@ from ._base import (
     Command,
     describe,
     error_doc,
+    error_message,
     get_openssl,
     key_paths,
     openssl_doc,
     traditional_option,
+    with_fix,
 )
 
 EXIT_INTERRUPTED = 130
@@ -143,7 +145,7 @@ class _KeygenReport:
             where = f"[{n}/{len(self.paths)}] {p.dir}: " if self.many else ""
             if isinstance(r, QredoOpenSSLError):
                 if not out.json_mode:
-                    out.error(r.exit_code, f"{where or p.dir + ': '}{r}")
+                    out.error(r.exit_code, f"{where or p.dir + ': '}{error_message(r)}")
             elif not out.json_mode:
                 if self.many:
                     out.data(f"# {p.dir}: {r.fingerprint}")
@@ -238,7 +240,7 @@ def _repair_doc(r: q.RepairResult) -> dict[str, Any]:
         "backups": list(r.backups),
         "commands": [list(c) for c in r.commands],
         "message": r.message,
-        "warnings": list(r.warnings),
+        "warnings": [with_fix(w.message, w.fix) for w in r.warnings],
     }
 
 
@@ -261,7 +263,7 @@ def cmd_pubkey(args: argparse.Namespace, out: Output) -> int:
     out.info(r.message)
     out.info(f"Fingerprint: {fingerprint(public_pem.encode())}")
     for w in r.warnings:
-        out.warn(w)
+        out.warn(with_fix(w.message, w.fix))
     return 0
 
 
@@ -273,7 +275,7 @@ def cmd_convert(args: argparse.Namespace, out: Output) -> int:
     else:
         out.info(r.message)
         for w in r.warnings:
-            out.warn(w)
+            out.warn(with_fix(w.message, w.fix))
     return 0
 
 
@@ -302,5 +304,3 @@ def cmd_apikey(args: argparse.Namespace, out: Output) -> int:
     kid = f"; key_id: {saved.key_id}" if saved.key_id is not None else ""
     out.info(f"Saved {saved.path} (0600, {saved.alphabet} Base64){kid}")
     return 0
-
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import qredo_openssl as q
 from .._errors import UsageError
 from .._request import read_body
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths
+from ._base import Command, error_doc, get_openssl, key_paths, with_fix
 
 if TYPE_CHECKING:
     from .._batch import BatchItem
@@ -73,8 +74,11 @@ def curl_argv(signed: q.SignedRequest) -> list[str]:
 
 def _warn_no_apikey(signer: q.Signer, out: Output) -> None:
     if signer.apikey is None:
-        out.warn(f"no API key at {signer.apikey_path}: x-api-key left out (save it with: "
-                 "qredo-openssl apikey)")  # fmt: skip
+        path = signer.apikey_path or "apikey"
+        save = ["qredo-openssl", "apikey", os.path.dirname(path) or "."]
+        if os.path.basename(path) != "apikey":
+            save[2:] = ["--apikey", path]
+        out.warn(with_fix(f"no API key at {path}: x-api-key left out", save))
 
 
 def cmd_sign(args: argparse.Namespace, out: Output) -> int:
@@ -126,9 +130,7 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
         if item.error is not None:
             out.error(item.error.exit_code, str(item.error))
 
-    items = sign_batch(
-        signer, lines, jobs=args.jobs, on_item=show, base=batch_base(args.batch)
-    )
+    items = sign_batch(signer, lines, jobs=args.jobs, on_item=show, base=batch_base(args.batch))
     failed = [i.error for i in items if i.error is not None]
     if out.json_mode:
         doc: dict[str, Any] = {"results": [i.to_json() for i in items], "failed": len(failed)}
@@ -150,5 +152,3 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     else:
         out.data(f"{'valid' if v.valid else 'invalid'}: {v.reason}")
     return 0 if v.valid else 1
-
-
