@@ -596,3 +596,49 @@ def test_missing_key_points_at_the_path(tmp_path: Path) -> None:
         assert str(tmp_path / "private.pem") in shown, argv
         assert "keygen " + str(tmp_path) not in shown, argv
         assert "keygen '" not in shown, argv
+
+
+# -- 5. a FIFO at a key's name is refused at once --------------------------------------------
+
+
+def _bounded(argv: tuple[str, ...], fifo: Path) -> subprocess.CompletedProcess[str]:
+    """run_cli in a thread; if it blocks on the FIFO, unblock it and fail (never hang)."""
+    box: list[subprocess.CompletedProcess[str]] = []
+    t = threading.Thread(target=lambda: box.append(run_cli(*argv)))
+    t.start()
+    t.join(timeout=20)
+    if t.is_alive():
+        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer: the blocked open returns
+        os.close(fd)
+        t.join()
+        pytest.fail(f"{argv[0]} waited on the FIFO {fifo}")
+    return box[0]
+
+
+@pytest.mark.parametrize("name", ["private.pem", "public.pem", "apikey"])
+@pytest.mark.parametrize("command", ["sign", "verify", "check"])
+def test_fifo_is_refused_at_once(keys, tmp_path: Path, name: str, command: str) -> None:
+    d = tmp_path / "keys"
+    d.mkdir(mode=0o700)
+    shutil.copy(keys.pkcs1, d / "private.pem")
+    shutil.copy(keys.public, d / "public.pem")
+    (d / "private.pem").chmod(0o600)
+    (d / "apikey").write_text(K + "\n")
+    (d / "apikey").chmod(0o600)
+    (d / name).unlink()
+    os.mkfifo(d / name, 0o600)
+    argv: tuple[str, ...] = {
+        "sign": ("sign", "--url", "https://x.example/", str(d)),
+        "verify": ("verify", "--url", "https://x.example/", "--timestamp", "1",
+                   "--signature", "AAAA", str(d)),
+        "check": ("check", str(d)),
+    }[command]  # fmt: skip
+    r = _bounded(argv, d / name)
+    assert "Traceback" not in r.stderr
+    if command == "verify" and name != "public.pem":
+        return  # verify reads only public.pem
+    if command == "sign" and name == "public.pem":
+        assert r.returncode == 0, r.stderr  # sign does not need public.pem
+        return
+    assert r.returncode == 1, r.stderr
+    assert "not a regular file" in r.stdout + r.stderr
