@@ -187,7 +187,8 @@ def check_private(
 
     try:
         check = ("-check",) if consistency else ()
-        out = openssl.run("rsa", "-in", path, *check, "-text", "-pubout")
+        name, where = _relative(path)
+        out = openssl.run("rsa", "-in", name, *check, "-text", "-pubout", cwd=where)
     except OpenSSLError as exc:
         why = headline(exc.stderr) or str(exc)
         found.append(Finding("private.valid", "fail", f"OpenSSL cannot use {path}: {why}"))
@@ -208,6 +209,19 @@ def check_private(
     else:
         found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
     return [*found, mode], facts.public_der
+
+
+def _relative(path: str) -> tuple[str, str | None]:
+    """``path`` for OpenSSL's argv, and the folder to run it in (None: here).
+
+    A folder whose name is not UTF-8 cannot be put into argv, but can be the child's cwd:
+    then the file is named ``./NAME`` (never read as an option) from there.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "./" + os.path.basename(path), os.path.dirname(os.path.abspath(path))
+    return path, None
 
 
 def _error_reason(stderr: str) -> str:
@@ -261,7 +275,8 @@ def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSS
             Finding("public.matches", "ok", f"the public half of {private}"),
         ]
     try:  # only now is a second OpenSSL call needed: is it an RSA key at all?
-        out = openssl.run("rsa", "-pubin", "-in", path, "-noout", "-text")
+        name, where = _relative(path)
+        out = openssl.run("rsa", "-pubin", "-in", name, "-noout", "-text", cwd=where)
     except OpenSSLError as exc:
         why = headline(exc.stderr) or str(exc)
         return [

@@ -21,8 +21,27 @@ STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 def _write(text: str) -> None:
     if sys.stdout is None:  # started with stdout closed
         raise OSError(errno.EBADF, "standard output is closed")
-    sys.stdout.write(text)
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        # A file name that is not in the locale's encoding (``$'d\xff'`` under a strict UTF-8
+        # stdout): write its own bytes back, as the shell would show them.
+        _write_bytes(text)
     sys.stdout.flush()
+
+
+def _write_bytes(text: str) -> None:
+    encoding = sys.stdout.encoding or "utf-8"
+    try:
+        data = text.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode(encoding, "backslashreplace")
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(data.decode(encoding, "backslashreplace"))
+        return
+    sys.stdout.flush()
+    buffer.write(data)
 
 
 def wants_rich(stream: IO[str], environ: Mapping[str, str]) -> bool:

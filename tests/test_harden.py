@@ -642,3 +642,40 @@ def test_fifo_is_refused_at_once(keys, tmp_path: Path, name: str, command: str) 
         return
     assert r.returncode == 1, r.stderr
     assert "not a regular file" in r.stdout + r.stderr
+
+
+# -- 6. names that are not UTF-8 never cause a traceback --------------------------------------
+
+STRICT_UTF8 = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}  # as en_US.UTF-8: strict
+
+
+def _spawn_bytes(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+    env.update(STRICT_UTF8)
+    return subprocess.run(
+        [sys.executable, "-m", "qredo_openssl", *args],
+        capture_output=True, env=env, cwd=cwd, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_non_utf8_names(keys, tmp_path: Path) -> None:
+    d = os.fsdecode(b"d\xff")  # a Latin-1 name: not UTF-8
+    r = _spawn_bytes("doctor", d, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+    assert b"no key files in d\xff " in r.stdout  # the name's own bytes, as ls shows them
+    r = _spawn_bytes("keygen", d, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert b"-----BEGIN PUBLIC KEY-----" in r.stdout
+    r = _spawn_bytes("check", d, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / os.fsdecode(b"b\xff.json")).write_bytes(b"{}")
+    r = _spawn_bytes(
+        "sign", "--format", "curl", "--url", "https://x.example/", "--body",
+        os.fsdecode(b"b\xff.json"), "--private", str(keys.pkcs1), str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert b"b\xff.json" in r.stdout
+    r = _spawn_bytes("sign", "--url", "https://x.example/", d, cwd=tmp_path)
+    assert b"Traceback" not in r.stderr
+    assert r.stderr.startswith(b"error: ")
