@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import os
 import shutil
+import signal
 import sys
 import threading
 import types
@@ -262,6 +263,100 @@ def run(
             raise BadInputError(msg) from None
     sh_mod = _sh()
     env = child_env(os.environ if environ is None else environ, extra_env)
+    with _signals_held() as held:
+        proc = _start(sh_mod, path, args, argv, tool, error, stdin, cwd, env, ok_codes)
+        if held:  # Ctrl-C or SIGTERM while the child was being started: it goes, reaped
+            _kill_and_reap(proc)
+            with _live_lock:
+                _live.pop(id(proc), None)
+    # (leaving the block above sent a held signal again, to the caller's own handler)
+    # Our own timer, not sh's ``_timeout``: sh polls that every 0.1 s and joins the poller
+    # after the child exits, which adds up to 100 ms to every run (an ``openssl dgst -sign``
+    # takes about 15 ms). The timer costs nothing unless it fires.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        with contextlib.suppress(OSError):  # exited meanwhile
+            proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    shown = f"{tool} {args[0]}" if args else tool
+    try:
+        proc.wait()
+    except sh_mod.ErrorReturnCode as exc:
+        if expired.is_set():
+            msg = f"{shown} timed out after {timeout:g} s and was killed"
+            raise error(msg, argv=argv, timed_out=True) from None
+        stderr = text(exc.stderr)
+        code = exc.exit_code
+        how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
+        msg = f"{shown} {how}" + (f": {headline(stderr)}" if stderr.strip() else "")
+        raise error(msg, argv=argv, returncode=code, stderr=stderr) from None
+    except BaseException:  # Ctrl-C, SIGTERM: the child goes too, and is reaped (no zombie)
+        _kill_and_reap(proc)
+        raise
+    finally:
+        timer.cancel()
+        with _live_lock:
+            _live.pop(id(proc), None)
+    return Completed(argv, proc.exit_code, bytes(proc.stdout), bytes(proc.stderr))
+
+
+def _kill_and_reap(proc: Any) -> None:
+    with contextlib.suppress(OSError):  # it exited (and was reaped) meanwhile
+        proc.kill()
+    with contextlib.suppress(Exception):  # sh reports the killed child as an error: expected
+        proc.wait()
+
+
+_HELD_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C and SIGTERM while a child is started in the main thread, then re-send.
+
+    A handler raising inside sh's start (after the fork, before we have the process) would
+    leave the child running, unknown to us. Held here, the caller kills and reaps it, and
+    the signal is sent again on the way out, to whatever handler was there: nothing is
+    swallowed. In other threads nothing is held: handlers run in the main thread, and
+    ``killing_children`` catches a worker's child.
+    """
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    saved: dict[int, Any] = {}
+    for sig in _HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if callable(handler):  # a Python handler; SIG_IGN and SIG_DFL are left alone
+            saved[sig] = handler
+            signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if held:
+            os.kill(os.getpid(), held[0])  # delivered now, to the handler just restored
+
+
+def _start(
+    sh_mod: Any,
+    path: str,
+    args: Sequence[str],
+    argv: tuple[str, ...],
+    tool: str,
+    error: type[ToolError],
+    stdin: bytes,
+    cwd: str | None,
+    env: dict[str, str],
+    ok_codes: Iterable[int],
+) -> Any:
+    """Start ``path ARGS`` in the background through sh, registered for ``killing_children``."""
     try:
         command: sh.Command = sh_mod.Command(path)
         proc = command(
@@ -290,40 +385,9 @@ def run(
     with _live_lock:
         _live[id(proc)] = proc
         if _stopping.is_set():
-            proc.kill()
-    # Our own timer, not sh's ``_timeout``: sh polls that every 0.1 s and joins the poller
-    # after the child exits, which adds up to 100 ms to every run (an ``openssl dgst -sign``
-    # takes about 15 ms). The timer costs nothing unless it fires.
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        with contextlib.suppress(OSError):  # exited meanwhile
-            proc.kill()
-
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
-    shown = f"{tool} {args[0]}" if args else tool
-    try:
-        proc.wait()
-    except sh_mod.ErrorReturnCode as exc:
-        if expired.is_set():
-            msg = f"{shown} timed out after {timeout:g} s and was killed"
-            raise error(msg, argv=argv, timed_out=True) from None
-        stderr = text(exc.stderr)
-        code = exc.exit_code
-        how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
-        msg = f"{shown} {how}" + (f": {headline(stderr)}" if stderr.strip() else "")
-        raise error(msg, argv=argv, returncode=code, stderr=stderr) from None
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        timer.cancel()
-        with _live_lock:
-            _live.pop(id(proc), None)
-    return Completed(argv, proc.exit_code, bytes(proc.stdout), bytes(proc.stderr))
+            with contextlib.suppress(OSError):
+                proc.kill()
+    return proc
 
 
 def text(data: bytes | str) -> str:

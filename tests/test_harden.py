@@ -679,3 +679,217 @@ def test_non_utf8_names(keys, tmp_path: Path) -> None:
     r = _spawn_bytes("sign", "--url", "https://x.example/", d, cwd=tmp_path)
     assert b"Traceback" not in r.stderr
     assert r.stderr.startswith(b"error: ")
+
+
+# -- 10. signals: 130 from the first line, never swallowed, every child reaped ---------------
+
+
+def _children(state: str | None = None) -> list[int]:
+    """This process's children (in ``state``, e.g. ``Z``), from /proc."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and (state is None or fields[0] == state):
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_interrupted_keygen_leaves_no_zombies(make_fake, tmp_path: Path) -> None:
+    from qredo_openssl._errors import Interrupted
+
+    pids = tmp_path / "pids"
+    fake = make_fake("3.0", genrsa_action=f"echo $$ >> {pids}; exec sleep 60")
+    dirs = [str(tmp_path / f"k{i}") for i in range(3)]
+
+    def interrupt() -> None:
+        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) >= 2, "genrsa")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def raise_interrupted(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGTERM, raise_interrupted)
+    t = threading.Thread(target=interrupt)
+    t.start()
+    try:
+        r = run_cli("keygen", "-j", "2", "--openssl", str(fake.path), *dirs)
+    finally:
+        t.join()
+        signal.signal(signal.SIGTERM, old)
+    assert r.returncode == 130, r.stderr
+    assert "interrupted; no key was written" in r.stderr
+    assert _children("Z") == []
+    for pid in map(int, pids.read_text().split()):
+        assert pid not in _children()
+
+
+def _slow_dgst(tmp_path: Path, pids: Path) -> Path:
+    """An openssl whose ``dgst`` sleeps (recording its pid); the rest is the real one."""
+    from conftest import REAL_OPENSSL
+
+    fake = tmp_path / "slow" / "openssl"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in dgst) echo $$ >> {shlex.quote(str(pids))}; exec sleep 60;; esac\n'
+        f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("when", ["waiting", "starting"])
+def test_interrupted_sign_reaps_its_child(
+    keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, when: str
+) -> None:
+    """Ctrl-C while OpenSSL runs, or while sh is still starting it (after the fork)."""
+    import sh
+
+    from qredo_openssl._errors import Interrupted
+
+    pids = tmp_path / "pids"
+    fake = _slow_dgst(tmp_path, pids)
+    sig = getattr(signal, how)
+    oproc = sh.RunningCommand.__init__.__globals__["OProc"]  # sh's process class
+    real_init = oproc.__init__
+
+    forked: list[int] = []
+
+    def started(self: object, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)
+        if "dgst" in str(args):
+            forked.append(self.pid)  # type: ignore[attr-defined]
+            os.kill(os.getpid(), sig)  # lands before sh hands the process back
+
+    def interrupt() -> None:
+        _wait_for(lambda: pids.exists() and pids.read_text().strip(), "dgst")
+        os.kill(os.getpid(), sig)
+
+    def raise_interrupted(signum: int, frame: object) -> None:
+        raise Interrupted if signum == signal.SIGTERM else KeyboardInterrupt
+
+    old = signal.signal(sig, raise_interrupted)
+    t = threading.Thread(target=interrupt)
+    if when == "starting":
+        monkeypatch.setattr(oproc, "__init__", started)
+    else:
+        t.start()
+    try:
+        r = run_cli(
+            "sign", "--openssl", str(fake), "--url", "https://x.example/",
+            "--private", str(keys.pkcs1), str(tmp_path),
+        )  # fmt: skip
+    finally:
+        if t.is_alive():
+            t.join()
+        signal.signal(sig, old)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip().endswith("error: interrupted")
+    assert _children("Z") == []
+    started_pids = forked + (list(map(int, pids.read_text().split())) if pids.exists() else [])
+    assert started_pids
+    assert not set(started_pids) & set(_children())
+
+
+def _handler_installed(pid: int, sig: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught & (1 << (sig - 1)))
+
+
+def _blocking_cli(tmp_path: Path, **kw: object) -> subprocess.Popen[bytes]:
+    """``sign --batch -`` waiting on a standard input that stays open: a run that lasts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "qredo_openssl", "sign", "--batch", "-", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw,
+    )  # type: ignore[call-overload]  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_right_after_the_first_line_exits_130(tmp_path: Path, sig: int) -> None:
+    """Sent as soon as the console script's handler is in (its first line), again and again."""
+    for _ in range(4):
+        proc = _blocking_cli(tmp_path)
+        pid = proc.pid
+        _wait_for(lambda pid=pid: _handler_installed(pid, signal.SIGTERM), "the handler", 60)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert b"Traceback" not in err
+        assert err.strip().endswith(b"error: interrupted")
+
+
+def test_a_swallowed_signal_still_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal whose exception something caught (a fork hook) is not lost."""
+    from qredo_openssl import _cli, _console
+    from qredo_openssl._errors import Interrupted
+
+    def swallowing_main() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Interrupted:
+            pass
+        return 0
+
+    monkeypatch.setattr(_cli, "main", swallowing_main)
+    monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
+    monkeypatch.setattr(_console, "_received", [])
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            _console.console_main()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert exit_.value.code == 130
+
+
+# -- 9. no core dumps ------------------------------------------------------------------------
+
+
+def _core_limit(pid: int) -> str:
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    return " ".join(next(x for x in limits if x.startswith("Max core file size")).split()[4:6])
+
+
+def test_console_script_sets_core_limit_zero(tmp_path: Path) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard == 0 and os.geteuid() != 0:
+        pytest.skip("cores are off for this user already: nothing to prove")
+
+    def allow_cores() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, max(hard, 1 << 20)))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qredo_openssl", "sign", "--batch", "-", str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=allow_cores,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _handler_installed(proc.pid, signal.SIGTERM), "start-up", 60)
+        _wait_for(lambda: _core_limit(proc.pid) == "0 0", "core limit 0", 10)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_in_process_main_leaves_the_core_limit_alone() -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_CORE)
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    assert run_cli("--version").returncode == 0
+    assert resource.getrlimit(resource.RLIMIT_CORE) == before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
