@@ -893,3 +893,54 @@ def test_in_process_main_leaves_the_core_limit_alone() -> None:
     assert run_cli("--version").returncode == 0
     assert resource.getrlimit(resource.RLIMIT_CORE) == before
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+# -- new user: usage errors, --help, --json --version ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("keygen", "--bit", "2048"), "qredo-openssl keygen: unrecognized argument: --bit; "
+         "did you mean --bits?"),
+        (("kegen",), "invalid choice: 'kegen'"),
+        (("kegen",), "did you mean keygen?"),
+        (("sign", "--urll", "x"), "qredo-openssl sign: unrecognized argument: --urll; "
+         "did you mean --url?"),
+        (("keygen", "--traditional", "alway"), "did you mean always?"),
+        (("check", "a", "b"), "qredo-openssl check: unrecognized argument: b"),
+    ],
+)  # fmt: skip
+def test_usage_errors_suggest(argv: tuple[str, ...], says: str) -> None:
+    r = run_cli(*argv)
+    assert r.returncode == 2
+    assert says in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+COMMANDS = ("keygen", "pubkey", "convert", "check", "doctor", "apikey", "sign", "verify")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_ends_with_examples_and_exit_codes(command: str) -> None:
+    r = run_cli(command, "--help")
+    assert r.returncode == 0
+    assert "examples:\n  qredo-openssl " in r.stdout
+    assert r.stdout.strip().splitlines()[-1].startswith("exit codes: 0 ")
+    assert "130 interrupted" in r.stdout
+
+
+def test_sign_usage_shows_url_as_required() -> None:
+    usage = run_cli("sign", "--help").stdout.split("\n\n")[0]
+    assert "sign --url URL " in usage
+    assert "[--url" not in usage
+    assert "sign --batch FILE" in usage
+
+
+@pytest.mark.parametrize("order", [("--json", "--version"), ("--version", "--json")])
+def test_json_version(order: tuple[str, str]) -> None:
+    r = run_cli(*order)
+    assert r.returncode == 0
+    assert json.loads(r.stdout) == {"version": q.__version__}
+    r = run_cli("--json", "--help")
+    assert r.stdout.startswith("usage: ")  # help is for people

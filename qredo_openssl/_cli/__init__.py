@@ -23,21 +23,55 @@ EXIT_INTERRUPTED = 130
 GROUPS = (keys, checks, requests, rotate)
 
 
+class _VersionAsked(Exception):
+    """``--version`` was given: main() prints it, as text or (with --json) as JSON."""
+
+
+class _Version(argparse.Action):
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise _VersionAsked
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     """The parser, and the handler of each command."""
+    parser, command = _build()
+    return parser, command.handlers
+
+
+def _build() -> tuple[argparse.ArgumentParser, Command]:
     shared = common()
     parser = Parser(
         prog="qredo-openssl",
         description="Make, check and use Qredo Partner API keys with the system's OpenSSL.",
         parents=[shared],
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the version (with --json: as JSON)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     command = Command(sub, shared)
     for group in GROUPS:
         group.register(command)
-    return parser, command.handlers
+    return parser, command
+
+
+def _unrecognized(command: Command, name: str | None, extra: Sequence[str]) -> UsageError:
+    """The first unknown argument, named with its command and the nearest option there."""
+    import difflib
+
+    sub = command.parsers.get(name or "")
+    prog = sub.prog if sub is not None else "qredo-openssl"
+    first = extra[0]
+    msg = f"{prog}: unrecognized argument: {first}"
+    if first.startswith("-") and sub is not None:
+        options = [o for a in sub._actions for o in a.option_strings]
+        close = difflib.get_close_matches(first.split("=", 1)[0], options, n=1)
+        if close:
+            msg += f"; did you mean {close[0]}?"
+    elif sub is not None and not first.startswith("-"):
+        msg += " (one DIR only)"
+    return UsageError(msg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,14 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet="-q" in argv or "--quiet" in argv,
     )
     try:
-        parser, handlers = build_parser()
-        args = parser.parse_args(argv)
+        parser, command = _build()
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise _unrecognized(command, getattr(args, "command", None), extra)
+        handlers = command.handlers
         out.json_mode = getattr(args, "json", False)
         out.quiet = getattr(args, "quiet", False)
         args.timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
         if not math.isfinite(args.timeout) or args.timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
         return handlers[args.command](args, out)
+    except _VersionAsked:
+        if out.json_mode:
+            out.json({"version": __version__})
+        else:
+            out.data(f"qredo-openssl {__version__}")
+        return 0
     except QredoOpenSSLError as exc:
         out.error(exc.exit_code, error_message(exc))
         return exc.exit_code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -32,18 +33,30 @@ class Command:
         shared: argparse.ArgumentParser,
         prefix: str = "",
         handlers: dict[str, Handler] | None = None,
+        parsers: dict[str, argparse.ArgumentParser] | None = None,
     ) -> None:
         self.sub = sub
         self.shared = shared
         self.prefix = prefix  # "rotate " for the subcommands of a group
         self.handlers: dict[str, Handler] = {} if handlers is None else handlers
+        self.parsers: dict[str, argparse.ArgumentParser] = {} if parsers is None else parsers
 
     def __call__(
-        self, name: str, help_: str, handler: Handler, *, many: bool = False
+        self,
+        name: str,
+        help_: str,
+        handler: Handler,
+        *,
+        many: bool = False,
+        examples: Sequence[str] = (),
+        exits: str = "",
+        usage: str | None = None,
     ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = self.sub.add_parser(
-            name, help=help_, description=help_, parents=[self.shared]
-        )
+            name, help=help_, description=help_, parents=[self.shared], usage=usage,
+            epilog=help_epilog(examples, exits),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
         if many:
             p.add_argument("dirs", nargs="*", metavar="DIR", help="key directories (default: .)")
         else:
@@ -52,6 +65,7 @@ class Command:
         if self.prefix:  # the deepest parser's default wins: args.command is "rotate start"
             p.set_defaults(command=self.prefix + name)
         self.handlers[self.prefix + name] = handler
+        self.parsers[self.prefix + name] = p
         return p
 
     def group(self, name: str, help_: str) -> tuple[Command, argparse.ArgumentParser]:
@@ -61,7 +75,17 @@ class Command:
         )
         sub = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", parser_class=Parser)
         sub.required = True
-        return Command(sub, self.shared, f"{self.prefix}{name} ", self.handlers), p
+        return Command(sub, self.shared, f"{self.prefix}{name} ", self.handlers, self.parsers), p
+
+
+def help_epilog(examples: Sequence[str], exits: str) -> str | None:
+    """What ends every command's --help: examples, then its exit codes."""
+    parts = []
+    if examples:
+        parts.append("examples:\n" + "\n".join(f"  {e}" for e in examples))
+    if exits:
+        parts.append(f"exit codes: {exits}; 2 usage error; 130 interrupted")
+    return "\n\n".join(parts) or None
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,7 +95,19 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}{_nearest_choice(message)}")
+
+
+def _nearest_choice(message: str) -> str:
+    """``; did you mean keygen?`` for argparse's "invalid choice: 'kegen' (choose from ...)"."""
+    m = re.search(r"invalid choice: '?([^' ]*)'? \(choose from (.*)\)", message)
+    if not m:
+        return ""
+    import difflib
+
+    choices = [c.strip().strip("'") for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def common() -> Parser:

@@ -27,11 +27,21 @@ from ._base import (
 
 
 def register(command: Command) -> None:
-    p = command("check", "check the key files of each DIR (several: in parallel)", cmd_check,
-                many=True)  # fmt: skip
+    p = command(
+        "check", "check the key files of each DIR (several: in parallel)", cmd_check,
+        many=True,
+        examples=("qredo-openssl check keys/", "qredo-openssl --json check keys/",
+                  "qredo-openssl check -j 4 sandbox/ production/"),
+        exits="0 every check ok, warn or skip; 1 a check failed, or a DIR is missing",
+    )  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
 
-    p = command("doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor)
+    p = command(
+        "doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor,
+        examples=("qredo-openssl doctor keys/",
+                  "qredo-openssl doctor --openssl /opt/openssl-1.1.1/bin/openssl keys/"),
+        exits="0 OpenSSL usable; 3 not",
+    )  # fmt: skip
     traditional_option(p)
 
 

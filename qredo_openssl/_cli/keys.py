@@ -41,8 +41,17 @@ NEXT_STEP = (
 
 def register(command: Command) -> None:
     p = command(
-        "keygen", "generate private.pem and public.pem as Qredo documents", cmd_keygen, many=True
-    )
+        "keygen", "generate private.pem and public.pem as Qredo documents", cmd_keygen,
+        many=True,
+        examples=(
+            "qredo-openssl keygen keys/",
+            "qredo-openssl keygen --dry-run keys/",
+            "qredo-openssl keygen --skip-existing -j 4 sandbox/ production/",
+            "qredo-openssl keygen -f keys/    # replace, keeping backups",
+        ),
+        exits="0 ok; 1 bad DIR or a file could not be written (disk full); 3 OpenSSL missing "
+        "or failed; 4 refused to overwrite (use -f, or --skip-existing)",
+    )  # fmt: skip
     p.add_argument(
         "--bits", type=int, choices=ALLOWED_BITS, default=QREDO_BITS,
         help="key size: 2048 (default, as Qredo documents), 3072 or 4096",
@@ -58,15 +67,28 @@ def register(command: Command) -> None:
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
     traditional_option(p)
 
-    p = command("pubkey", "derive public.pem from an existing private.pem", cmd_pubkey)
+    p = command(
+        "pubkey", "derive public.pem from an existing private.pem", cmd_pubkey,
+        examples=("qredo-openssl pubkey keys/", "qredo-openssl pubkey -f keys/"),
+        exits="0 ok; 1 bad private key; 3 OpenSSL failed; 4 public.pem exists (use -f)",
+    )  # fmt: skip
     p.add_argument(
         "-f", "--force", action="store_true", help="replace public.pem, keeping a backup"
     )
 
-    p = command("convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert)
+    p = command(
+        "convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert,
+        examples=("qredo-openssl convert keys/",),
+        exits="0 converted, or already PKCS#1; 1 bad private key; 3 OpenSSL failed",
+    )  # fmt: skip
     traditional_option(p)
 
-    p = command("apikey", "save the API key from standard input as DIR/apikey (0600)", cmd_apikey)
+    p = command(
+        "apikey", "save the API key from standard input as DIR/apikey (0600)", cmd_apikey,
+        examples=("qredo-openssl apikey keys/    # paste at the hidden prompt",
+                  "printf '%s\\n' \"$KEY\" | qredo-openssl apikey keys/"),
+        exits="0 saved; 1 not a valid API key; 4 apikey exists (use -f)",
+    )  # fmt: skip
     p.add_argument("-f", "--force", action="store_true", help="replace apikey, keeping a backup")
 
 

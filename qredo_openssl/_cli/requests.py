@@ -20,7 +20,20 @@ if TYPE_CHECKING:
 
 
 def register(command: Command) -> None:
-    p = command("sign", "sign a Partner API request (x-sign)", cmd_sign)
+    p = command(
+        "sign", "sign a Partner API request (x-sign)", cmd_sign,
+        usage="qredo-openssl sign --url URL [--body FILE|-] [--method M] "
+        "[--timestamp T | --nonce N]\n"
+        "                          [--format headers|curl|json] [options] [DIR]\n"
+        "       qredo-openssl sign --batch FILE|- [-j N] [options] [DIR]",
+        examples=(
+            "qredo-openssl sign --url https://api.qredo.network/api/v1/p/company keys/",
+            "qredo-openssl sign --url URL --body body.json --format curl keys/",
+            "qredo-openssl sign --url URL keys/ | curl -H @- URL   # API key not in argv",
+            "qredo-openssl sign --batch requests.jsonl -j 8 keys/",
+        ),
+        exits="0 signed; 1 bad input (key, URL, body, a batch line); 3 OpenSSL failed",
+    )  # fmt: skip
     p.add_argument("--url", help="the request URL, exactly as it will be sent")
     p.add_argument("--body", metavar="FILE", help="request body file, or - for stdin")
     p.add_argument("--method", help="HTTP method (default GET, or POST with a body)")
@@ -38,7 +51,12 @@ def register(command: Command) -> None:
     )  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
 
-    p = command("verify", "verify an x-sign signature as the Qredo server does", cmd_verify)
+    p = command(
+        "verify", "verify an x-sign signature as the Qredo server does", cmd_verify,
+        examples=("qredo-openssl verify --url URL --body body.json --timestamp T "
+                  "--signature SIG keys/",),
+        exits="0 valid; 1 invalid, or bad input (the timestamp's age is not checked)",
+    )  # fmt: skip
     p.add_argument("--url", required=True, help="the request URL, exactly as it was sent")
     p.add_argument("--body", metavar="FILE", help="request body file, or - for stdin")
     g = p.add_mutually_exclusive_group(required=True)
