@@ -26,6 +26,7 @@ _LAZY = {
     "RefusedOverwriteError": "_errors",
     "ToolError": "_errors",
     "UsageError": "_errors",
+    "WriteError": "_errors",
     "KeyPaths": "_files",
     "KeygenPlan": "_keygen",
     "KeygenResult": "_keygen",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._errors import RefusedOverwriteError as RefusedOverwriteError
     from ._errors import ToolError as ToolError
     from ._errors import UsageError as UsageError
+    from ._errors import WriteError as WriteError
     from ._files import KeyPaths as KeyPaths
     from ._keygen import KeygenPlan as KeygenPlan
     from ._keygen import KeygenResult as KeygenResult

@@ -944,3 +944,8 @@ def test_json_version(order: tuple[str, str]) -> None:
     assert json.loads(r.stdout) == {"version": q.__version__}
     r = run_cli("--json", "--help")
     assert r.stdout.startswith("usage: ")  # help is for people
+
+
+def test_quick_start_keys_are_ignored_by_git() -> None:
+    ignore = (Path(__file__).parent.parent / ".gitignore").read_text().splitlines()
+    assert "keys/" in ignore
