@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,16 +321,16 @@ def check_apikey(path: str) -> list[Finding]:
 
 def check_rotation(directory: str) -> list[Finding]:
     """``rotate.pending`` (warn) while a key rotation is in progress; nothing otherwise."""
-    d = shlex.quote(directory)
+    finish = ("qredo-openssl", "rotate", "finish", directory)
     journal = os.path.join(directory, ROTATE_JOURNAL)
     if os.path.lexists(journal):
-        msg = f"a rotate finish was cut off half-way ({journal}); run: qredo-openssl rotate "
-        return [Finding("rotate.pending", "warn", msg + f"finish {d}")]
+        msg = f"a rotate finish was cut off half-way ({journal})"
+        return [Finding("rotate.pending", "warn", msg, finish)]
     nxt = os.path.join(directory, NEXT_DIR)
     if os.path.lexists(nxt):
-        msg = f"a key rotation is in progress ({nxt} holds the next pair); after uploading its "
-        msg += f"public key run: qredo-openssl rotate finish {d}"
-        return [Finding("rotate.pending", "warn", msg)]
+        msg = f"a key rotation is in progress ({nxt} holds the next pair); finish it after "
+        msg += "uploading its public key"
+        return [Finding("rotate.pending", "warn", msg, finish)]
     return []
 
 
