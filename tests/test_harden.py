@@ -651,38 +651,46 @@ def test_fifo_is_refused_at_once(keys, tmp_path: Path, name: str, command: str) 
 
 # -- 6. names that are not UTF-8 never cause a traceback --------------------------------------
 
-STRICT_UTF8 = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}  # as en_US.UTF-8: strict
+LOCALES = {
+    # C.UTF-8: Python's stdout then escapes what is not UTF-8 (surrogateescape)
+    "C.UTF-8": {"LC_ALL": "C.UTF-8"},
+    # as under en_US.UTF-8 (not installed here): a strict UTF-8 stdout
+    "strict-UTF-8": {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
+}
 
 
-def _spawn_bytes(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+def _spawn_bytes(*args: str, cwd: Path, locale: str) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
-    env.update(STRICT_UTF8)
+    env.pop("PYTHONIOENCODING", None)
+    env.update(LOCALES[locale])
     return subprocess.run(
         [sys.executable, "-m", "qredo_openssl", *args],
         capture_output=True, env=env, cwd=cwd, timeout=120, check=False,
     )  # fmt: skip
 
 
-def test_non_utf8_names(keys, make_fake, tmp_path: Path) -> None:
+@pytest.mark.parametrize("locale", LOCALES)
+def test_non_utf8_names(keys, make_fake, tmp_path: Path, locale: str) -> None:
     d = os.fsdecode(b"d\xff")  # a Latin-1 name: not UTF-8
     fake = ("--openssl", str(make_fake("3.0").path))  # keys copied, not made: fast
-    r = _spawn_bytes("doctor", *fake, d, cwd=tmp_path)
+    r = _spawn_bytes("doctor", *fake, d, cwd=tmp_path, locale=locale)
     assert r.returncode == 0, r.stderr
     assert b"Traceback" not in r.stderr
     assert b"no key files in d\xff " in r.stdout  # the name's own bytes, as ls shows them
-    r = _spawn_bytes("keygen", *fake, d, cwd=tmp_path)
+    r = _spawn_bytes("keygen", *fake, d, cwd=tmp_path, locale=locale)
     assert r.returncode == 0, r.stderr
     assert b"-----BEGIN PUBLIC KEY-----" in r.stdout
-    r = _spawn_bytes("check", *fake, d, cwd=tmp_path)
+    r = _spawn_bytes("check", *fake, d, cwd=tmp_path, locale=locale)
     assert r.returncode == 0, r.stdout + r.stderr
     (tmp_path / os.fsdecode(b"b\xff.json")).write_bytes(b"{}")
     r = _spawn_bytes(
         "sign", "--format", "curl", "--url", "https://x.example/", "--body",
-        os.fsdecode(b"b\xff.json"), "--private", str(keys.pkcs1), str(tmp_path), cwd=tmp_path,
+        os.fsdecode(b"b\xff.json"), "--private", str(keys.pkcs1), str(tmp_path),
+        cwd=tmp_path, locale=locale,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert b"b\xff.json" in r.stdout
-    r = _spawn_bytes("sign", "--url", "https://x.example/", d, cwd=tmp_path)
+    r = _spawn_bytes("sign", "--url", "https://x.example/", d, cwd=tmp_path, locale=locale)
     assert b"Traceback" not in r.stderr
     assert r.stderr.startswith(b"error: ")
 
@@ -915,6 +923,8 @@ def test_in_process_main_leaves_the_core_limit_alone() -> None:
          "did you mean --url?"),
         (("keygen", "--traditional", "alway"), "did you mean always?"),
         (("check", "a", "b"), "qredo-openssl check: unrecognized argument: b"),
+        (("keygen", "-j", "0"), "qredo-openssl keygen: --jobs must be at least 1"),
+        (("check", "--timeout", "0"), "qredo-openssl check: --timeout must be"),
     ],
 )  # fmt: skip
 def test_usage_errors_suggest(argv: tuple[str, ...], says: str) -> None:

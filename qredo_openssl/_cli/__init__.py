@@ -56,6 +56,16 @@ def _build() -> tuple[argparse.ArgumentParser, Command]:
     return parser, command
 
 
+def _named(exc: UsageError, command: str) -> UsageError:
+    """A usage error found by a command's handler, named with the command as argparse's are."""
+    msg = str(exc)
+    if msg.startswith("qredo-openssl "):
+        return exc
+    if not msg.startswith((f"{command}:", f"{command} ")):
+        msg = f"{command}: {msg}"
+    return UsageError(f"qredo-openssl {msg}")
+
+
 def _unrecognized(command: Command, name: str | None, extra: Sequence[str]) -> UsageError:
     """The first unknown argument, named with its command and the nearest option there."""
     import difflib
@@ -96,8 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.quiet = getattr(args, "quiet", False)
         args.timeout = getattr(args, "timeout", DEFAULT_TIMEOUT)
         if not math.isfinite(args.timeout) or args.timeout <= 0:
-            raise UsageError("--timeout must be a positive number of seconds")
-        return handlers[args.command](args, out)
+            msg = f"qredo-openssl {args.command}: --timeout must be a positive number of seconds"
+            raise UsageError(msg)
+        try:
+            return handlers[args.command](args, out)
+        except UsageError as exc:
+            raise _named(exc, args.command) from None
     except _VersionAsked:
         if out.json_mode:
             out.json({"version": __version__})
