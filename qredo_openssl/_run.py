@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._defaults import DEFAULT_TIMEOUT
-from ._errors import BadInputError, ToolError
+from ._errors import BadInputError, QredoOpenSSLError, ToolError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -263,13 +263,37 @@ def run(
             raise BadInputError(msg) from None
     sh_mod = _sh()
     env = child_env(os.environ if environ is None else environ, extra_env)
-    with _signals_held() as held:
-        proc = _start(sh_mod, path, args, argv, tool, error, stdin, cwd, env, ok_codes)
-        if held:  # Ctrl-C or SIGTERM while the child was being started: it goes, reaped
+    proc: Any = None
+    reaped = False
+    try:
+        with _signals_held() as held:
+            proc = _start(sh_mod, path, args, argv, tool, error, stdin, cwd, env, ok_codes)
+            if held:  # Ctrl-C or SIGTERM while the child was being started: it goes, reaped
+                _kill_and_reap(proc)
+                reaped = True
+        # (leaving the block above sent a held signal again, to the caller's own handler)
+        return _wait(proc, argv, tool, error, timeout, sh_mod)
+    except QredoOpenSSLError:
+        raise  # the child has exited (or was never started)
+    except BaseException:  # Ctrl-C, SIGTERM, wherever it lands: the child goes too, reaped
+        if proc is not None and not reaped:
             _kill_and_reap(proc)
+        raise
+    finally:
+        if proc is not None:
             with _live_lock:
                 _live.pop(id(proc), None)
-    # (leaving the block above sent a held signal again, to the caller's own handler)
+
+
+def _wait(
+    proc: Any,
+    argv: tuple[str, ...],
+    tool: str,
+    error: type[ToolError],
+    timeout: float,
+    sh_mod: Any,
+) -> Completed:
+    """Wait for a started child, killing it after ``timeout``; its failure becomes ``error``."""
     # Our own timer, not sh's ``_timeout``: sh polls that every 0.1 s and joins the poller
     # after the child exits, which adds up to 100 ms to every run (an ``openssl dgst -sign``
     # takes about 15 ms). The timer costs nothing unless it fires.
@@ -283,6 +307,7 @@ def run(
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     timer.start()
+    args = argv[1:]
     shown = f"{tool} {args[0]}" if args else tool
     try:
         proc.wait()
@@ -295,13 +320,8 @@ def run(
         how = f"was killed by signal {-code}" if code < 0 else f"failed (exit {code})"
         msg = f"{shown} {how}" + (f": {headline(stderr)}" if stderr.strip() else "")
         raise error(msg, argv=argv, returncode=code, stderr=stderr) from None
-    except BaseException:  # Ctrl-C, SIGTERM: the child goes too, and is reaped (no zombie)
-        _kill_and_reap(proc)
-        raise
     finally:
         timer.cancel()
-        with _live_lock:
-            _live.pop(id(proc), None)
     return Completed(argv, proc.exit_code, bytes(proc.stdout), bytes(proc.stderr))
 
 

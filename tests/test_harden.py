@@ -922,7 +922,7 @@ def test_in_process_main_leaves_the_core_limit_alone() -> None:
         (("sign", "--urll", "x"), "qredo-openssl sign: unrecognized argument: --urll; "
          "did you mean --url?"),
         (("keygen", "--traditional", "alway"), "did you mean always?"),
-        (("check", "a", "b"), "qredo-openssl check: unrecognized argument: b"),
+        (("pubkey", "a", "b"), "qredo-openssl pubkey: unrecognized argument: b"),
         (("keygen", "-j", "0"), "qredo-openssl keygen: --jobs must be at least 1"),
         (("check", "--timeout", "0"), "qredo-openssl check: --timeout must be"),
     ],
