@@ -7,25 +7,45 @@ keep their own handlers and limits.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from ._errors import Interrupted
 
 EXIT_INTERRUPTED = 130
 _received: list[int] = []  # every SIGINT/SIGTERM seen, even one a library swallowed
+_ending: list[bool] = []  # set on the way out: from then on a signal is only recorded
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
+    if _ending:
+        return  # nothing left to interrupt; the exit code will say it
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Interrupted
 
 
-def _record(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)  # on the way out: nothing left to interrupt
+def _swallowed(unraisable: Any) -> None:
+    """``sys.unraisablehook``: an interrupt raised where Python cannot propagate it.
+
+    A handler that fires inside a weakref callback or a ``__del__`` (importlib's module locks
+    have one) would only be printed, with a traceback, and the run would go on. It is sent
+    again instead, from another thread once this callback is over, to land where it can stop
+    the run (a few times at most); the exit code is 130 either way (``_received``).
+    """
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Interrupted)) and _received:
+        if len(_received) < 4 and not _ending:
+            import threading
+
+            again = threading.Timer(0.01, os.kill, (os.getpid(), _received[-1]))
+            again.daemon = True
+            again.start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _no_core_dumps() -> None:
@@ -46,18 +66,24 @@ def console_main() -> None:
     """
     code, said = EXIT_INTERRUPTED, False
     try:
-        signal.signal(signal.SIGTERM, _terminate)
-        signal.signal(signal.SIGINT, _terminate)
-        _no_core_dumps()
-        from ._cli import main
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGINT, _terminate)
+            sys.unraisablehook = _swallowed
+            _no_core_dumps()
+            from ._cli import main
 
-        code = main()
-        said = True  # main() reported whatever happened
-    except (KeyboardInterrupt, Interrupted):  # before main() could catch it
+            code = main()
+            said = True  # main() reported whatever happened
+        finally:
+            _ending.append(True)  # first: a signal landing after this cannot raise
+    except (KeyboardInterrupt, Interrupted):  # before main() could catch it, or just after
         code = EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, _record)
-        signal.signal(signal.SIGINT, _record)
+    if _received:
+        # One sent again late (see _swallowed) must not kill the exit: Python gives its own
+        # handlers back to SIG_DFL while it shuts down, but leaves SIG_IGN alone.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     if (_received and code != EXIT_INTERRUPTED) or not said:
         with contextlib.suppress(OSError, ValueError):  # stderr closed: the code still says it
             sys.stderr.write("error: interrupted\n")

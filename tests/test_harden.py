@@ -857,6 +857,7 @@ def test_a_swallowed_signal_still_exits_130(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(_cli, "main", swallowing_main)
     monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
     monkeypatch.setattr(_console, "_received", [])
+    monkeypatch.setattr(_console, "_ending", [])
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as exit_:
@@ -865,6 +866,51 @@ def test_a_swallowed_signal_still_exits_130(monkeypatch: pytest.MonkeyPatch) -> 
         for s, h in saved.items():
             signal.signal(s, h)
     assert exit_.value.code == 130
+
+
+def test_a_signal_in_a_weakref_callback_still_stops_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python only prints an exception raised in a callback: no traceback, and no going on."""
+    import weakref
+
+    from qredo_openssl import _cli, _console
+
+    reached: list[str] = []
+
+    def main_with_a_callback() -> int:
+        class Thing:
+            pass
+
+        thing = Thing()
+
+        def callback(ref: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside the callback
+
+        ref = weakref.ref(thing, callback)
+        del thing  # as importlib's module-lock callbacks do during an import
+        time.sleep(1)  # the signal, sent again, lands here at the latest
+        reached.append("after")
+        return 0 if ref is not None else 1
+
+    monkeypatch.setattr(_cli, "main", main_with_a_callback)
+    monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
+    monkeypatch.setattr(_console, "_received", [])
+    monkeypatch.setattr(_console, "_ending", [])
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            _console.console_main()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert exit_.value.code == 130
+    assert reached == []
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().endswith("error: interrupted")
 
 
 # -- 9. no core dumps ------------------------------------------------------------------------
