@@ -97,6 +97,16 @@ class Explanation:
     curl: CurlCommand | None
 
 
+def target_url(url: str, base: ApiBase | None) -> str:
+    """A path URL on the API base; :class:`UsageError` (exit 2) for a URL curl would rewrite."""
+    url = resolve_url(url, base).url
+    rewrite = url_rewrite(url)
+    if rewrite is not None:
+        msg = f"{url!r} would not be sent as signed: {rewrite}"
+        raise UsageError(msg)
+    return url
+
+
 def explain_request(
     signer: Signer, signed: SignedRequest, body: bytes, cmd: CurlCommand | None
 ) -> Explanation:
@@ -176,13 +186,7 @@ class Sender:
     base: ApiBase | None = None
 
     def target(self, url: str) -> str:
-        """A path URL on the API base; :class:`UsageError` for a URL curl would rewrite."""
-        url = resolve_url(url, self.base).url
-        rewrite = url_rewrite(url)
-        if rewrite is not None:
-            msg = f"{url!r} would not be sent as signed: {rewrite}"
-            raise UsageError(msg)
-        return url
+        return target_url(url, self.base)
 
     def http_request(self, signed: SignedRequest, body: bytes | None) -> HttpRequest:
         """The headers in order: auth, ``--header``, then Content-Type and an empty Expect."""
