@@ -15,6 +15,7 @@ from .._defaults import QREDO_BITS
 from .._errors import BadInputError, OpenSSLError, QredoOpenSSLError, UsageError
 from .._ui import Output
 from ._base import Command, error_doc, get_openssl, key_paths, openssl_doc, traditional_option
+from .send import send_doctor, send_options
 
 
 def register(command: Command) -> None:
@@ -24,6 +25,7 @@ def register(command: Command) -> None:
 
     p = command("doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor)
     traditional_option(p)
+    send_options(p)
 
 
 def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
@@ -161,6 +163,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
     findings = q.check_keys(paths, openssl) if have_keys else None
     doc["checks"] = _findings_doc(findings) if findings is not None else None
+    send_lines = send_doctor(args, doc)
     if out.json_mode:
         out.json(doc)
         return 0
@@ -171,6 +174,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     out.data(f"traditional {'yes' if t.use else 'no'}: {t.reason}")
     out.data("keygen runs (in a private temporary directory, then published):")
     out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
+    out.data("\n".join(send_lines))
     if findings is None:
         out.data(f"no key files in {paths.dir}: run qredo-openssl keygen {shlex.quote(paths.dir)}")
     else:

@@ -39,6 +39,41 @@ def api_base_option(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def send_options(p: argparse.ArgumentParser) -> None:
+    """The options ``doctor`` shares with ``send``: which curl, which API base."""
+    p.add_argument("--curl", metavar="PATH", help="the curl binary to use ($QREDO_CURL)")
+    api_base_option(p)
+
+
+def send_doctor(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
+    """``doctor``'s curl and API base: put into ``doc``, returned as text lines."""
+    from .._curl import curl_source, detect_curl, require_recent
+    from .._errors import QredoOpenSSLError
+    from .._urls import api_base
+
+    lines: list[str] = []
+    curl_doc: dict[str, Any] = {"source": curl_source(args.curl)}
+    try:
+        curl = detect_curl(args.curl, timeout=args.timeout, check_version=False)
+        curl_doc.update(path=curl.path, version=curl.version.number or None, raw=curl.version.raw)
+        lines.append(f"curl        {curl.path}  (from {curl_doc['source']})")
+        lines.append(f"curl says   {' '.join(curl.version.raw.split()[:5])}")
+        require_recent(curl)
+        curl_doc["usable"] = True
+    except QredoOpenSSLError as exc:
+        curl_doc.update(usable=False, error=error_doc(exc))
+        lines.append(f"curl        not usable: {exc} (send needs it; keys do not)")
+    doc["curl"] = curl_doc
+    try:
+        base = api_base(args.api_base, args.dir)
+        doc["api_base"] = {"url": base.url, "source": base.source}
+        lines.append(f"API base    {base.url}  (from {base.source})")
+    except QredoOpenSSLError as exc:
+        doc["api_base"] = {"error": error_doc(exc)}
+        lines.append(f"API base    not usable: {exc}")
+    return lines
+
+
 def register(command: Command) -> None:
     p = command("send", "sign a Partner API request and send it with curl", cmd_send)
     p.epilog = EXAMPLES
@@ -54,11 +89,10 @@ def register(command: Command) -> None:
     p.add_argument("--explain", action="store_true", help="show payload, digests, commands")
     p.add_argument("--dry-run", action="store_true", help="sign and show, send nothing")
     p.add_argument("--cacert", metavar="FILE", help="CA certificates to trust (private CAs)")
-    p.add_argument("--curl", metavar="PATH", help="the curl binary to use ($QREDO_CURL)")
     p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel requests (default 1)")
     p.add_argument("--request-dir", metavar="PATH", help="Qredo Go client layout: uri, body")
-    api_base_option(p)
+    send_options(p)
 
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
