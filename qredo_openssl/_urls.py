@@ -121,7 +121,7 @@ def url_rewrite(url: str) -> Rewrite | None:
     problems: list[str] = []
     if not _SAFE_CHARS_RE.fullmatch(url):
         problems.append("spaces, control or non-ASCII characters are percent-encoded by clients")
-        url = quote(url, safe=_KEEP + "#", encoding="utf-8", errors="surrogateescape")
+        url = _percent_encode(url)
     m = _URL_RE.fullmatch(url)
     if m is None or m["scheme"].lower() not in _DEFAULT_PORTS or not m["auth"]:
         return Rewrite(tuple(problems), url) if problems else None
@@ -159,6 +159,14 @@ def url_rewrite(url: str) -> Rewrite | None:
     hostport_text = host.lower() + (f":{port}" if port is not None else "")
     use = f"{scheme.lower()}://{hostport_text}{path}{query}" if use_ok else None
     return Rewrite(tuple(problems), use)
+
+
+def _percent_encode(url: str) -> str:
+    try:  # a name from argv in another encoding: its original bytes
+        raw = url.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no bytes stand behind
+        raw = url.encode("utf-8", "surrogatepass")
+    return quote(raw, safe=_KEEP + "#")
 
 
 def remove_dot_segments(path: str) -> str:
