@@ -216,6 +216,9 @@ class Sender:
         Raises :class:`NoAnswerError` (exit 6) when no answer came, :class:`CurlError` or
         :class:`OpenSSLError` (exit 3) when a tool fails, :class:`BadInputError` (exit 1).
         """
+        if self.signer.apikey is None:
+            msg = f"no API key ({self.signer.apikey_path}); nothing was sent"
+            raise BadInputError(msg)
         url = check_url(self.target(url))
         data = body if body is not None else b""
         signed = self.signer.sign(

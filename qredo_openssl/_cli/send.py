@@ -10,11 +10,12 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from .._errors import BadInputError, UsageError
+from .._errors import BadInputError, NoAnswerError, UsageError
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths
+from ._base import Command, error_doc, key_paths
 
 if TYPE_CHECKING:
+    from .._openssl import OpenSSL
     from .._send import AuthDiagnosis, Explanation, Sender, SendItem, SendResult
     from .._urls import ApiBase
 
@@ -119,7 +120,13 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     if args.dry_run:
         return _dry_run(args, out, sender, url, body, method, body_file)
     explain = (lambda e: show_explanation(e, sender.base)) if args.explain else None
-    result = sender.send(url, body, method=method, body_file=body_file, explain=explain)
+    try:
+        result = sender.send(url, body, method=method, body_file=body_file, explain=explain)
+    except NoAnswerError as exc:
+        if exc.curl_exit == 60:  # the certificate chain is not trusted
+            hint = f"{exc}; for a private CA, pass --cacert FILE"
+            raise NoAnswerError(hint, curl_exit=exc.curl_exit) from None
+        raise
     return _show_result(args, out, sender, result)
 
 
@@ -177,9 +184,19 @@ def _sender(
     apikey, source = resolve_apikey(paths.apikey)
     if args.cacert is not None and not os.path.isfile(args.cacert):
         raise BadInputError(f"no CA certificate file at {args.cacert}")
-    signer = Signer(get_openssl(args), SigningKey.pem(paths.private), apikey, source)
+    signer = Signer(signing_openssl(args), SigningKey.pem(paths.private), apikey, source)
     curl = detect_curl(args.curl, timeout=args.timeout)
     return Sender(signer, curl, args.timeout, args.cacert, headers, base=base)
+
+
+def signing_openssl(args: argparse.Namespace) -> OpenSSL:
+    """OpenSSL found but not asked its version: ``send`` runs only ``openssl dgst -sign``,
+    which every OpenSSL and LibreSSL has alike; one child fewer on every call."""
+    from .._openssl import OpenSSL, find_openssl, openssl_source, parse_version
+
+    explicit = getattr(args, "openssl", None)
+    path = find_openssl(explicit)
+    return OpenSSL(path, parse_version(""), args.timeout, openssl_source(explicit))
 
 
 def _show_result(
