@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -587,3 +588,39 @@ def test_accepted_urls_arrive_byte_identical(env: Env, tail: list[str]) -> None:
     got = env.since(n)
     assert [env.srv.url + q.target for q in got] == urls
     assert {q.verdict for q in got} <= {"ok"}
+
+
+# --- the printed curl line, and the Python API -------------------------------------------------
+
+
+def test_sign_curl_line_for_scripts(env: Env) -> None:
+    (env.work / "b.bin").write_bytes(BODIES["binary"])
+    r = run_cli("sign", "--url", env.srv.base + "/x", "--body", "b.bin", "--format", "curl",
+                str(env.dir), cwd=env.work)  # fmt: skip
+    argv = shlex.split(r.stdout)
+    assert argv[:6] == ["curl", "-q", "-sS", "--fail-with-body", "--path-as-is", "--globoff"]
+    assert "Content-Type:" in argv
+    assert "Content-Type: application/json" not in argv
+    assert argv[argv.index("--data-binary") + 1] == f"@{env.work / 'b.bin'}"
+    p = run_cli("sign", "--url", env.srv.base + "/x", "--body", "-", "--format", "curl",
+                str(env.dir), input=b'{"a": 1}')  # fmt: skip
+    argv = shlex.split(p.stdout)
+    assert "Content-Type: application/json" in argv
+    assert argv[argv.index("--data-binary") + 1] == "@-"
+    assert "pipe the same bytes" in p.stderr
+
+
+def test_python_api(env: Env, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qredo_openssl as q
+
+    monkeypatch.setenv("TMPDIR", str(env.tmp))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    signer = q.Signer.from_paths(q.KeyPaths.in_dir(str(env.dir)), q.detect_openssl())
+    sender = q.Sender(signer, q.detect_curl(), timeout=10, cacert=str(env.tls.ca))
+    result = sender.send(env.srv.base + "/cookies")
+    assert (result.status, result.exit_code) == (200, 0)
+    assert result.headers["set-cookie"] == "a=1, b=2"
+    with pytest.raises(q.NoAnswerError):
+        sender.send(f"https://127.0.0.1:{free_port()}/x")
+    with pytest.raises(q.UsageError):
+        sender.send("https://127.0.0.1/a#frag")
