@@ -624,3 +624,14 @@ def test_python_api(env: Env, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> No
         sender.send(f"https://127.0.0.1:{free_port()}/x")
     with pytest.raises(q.UsageError):
         sender.send("https://127.0.0.1/a#frag")
+
+
+def test_large_body_without_expect(env: Env) -> None:
+    body = b'{"pad": "' + b"x" * (1536 * 1024) + b'"}'
+    (env.work / "big.json").write_bytes(body)
+    n = len(env.srv.requests)
+    r = env.send("--url", env.srv.base + "/big", "--body", "big.json")
+    assert r.returncode == 0, r.stderr
+    [got] = env.since(n)
+    assert got.header("Expect") is None
+    assert got.body == body

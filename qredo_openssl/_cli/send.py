@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -223,6 +224,8 @@ def _show_result(
 
 def write_bytes(data: bytes) -> None:
     """Raw bytes on stdout (a body is not text), after whatever text is pending."""
+    if sys.stdout is None:  # started with stdout closed
+        raise OSError(errno.EBADF, "standard output is closed")
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
