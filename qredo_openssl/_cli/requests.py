@@ -170,6 +170,8 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
     if given:
         opts = ", ".join(f"--{o}" for o in given)
         raise UsageError(f"sign --batch: {opts} belong in the batch lines, not the command line")
+    if args.explain:
+        raise UsageError("sign --batch: --explain applies to one request")
     if args.format not in (None, "json"):
         raise UsageError(f"sign --batch writes JSON lines; --format {args.format} does not apply")
     if args.jobs is not None and args.jobs < 1:

@@ -138,8 +138,9 @@ def _check_usage(args: argparse.Namespace) -> None:
     if args.batch is not None and (given or args.request_dir is not None):
         what = ", ".join(given) or "--request-dir"
         raise UsageError(f"send --batch: {what} belong in the batch lines, not the command line")
-    if args.batch is not None and (args.include or args.dry_run):
-        raise UsageError("send --batch writes JSON lines; --include and --dry-run do not apply")
+    if args.batch is not None and (args.include or args.dry_run or args.explain):
+        raise UsageError("send --batch writes JSON lines; --include, --dry-run and --explain "
+                         "do not apply")  # fmt: skip
     if args.url is None and args.batch is None and args.request_dir is None:
         raise UsageError("send: give --url URL, --request-dir PATH or --batch FILE")
     if args.jobs is not None and args.jobs < 1:
