@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ._defaults import DEFAULT_TIMEOUT
 from ._errors import CurlError, NoAnswerError
-from ._files import private_tempdir, write_private
+from ._files import private_tempdir
 from ._run import Completed, find_tool, headline, run, text, tool_source
 
 ENV_VAR = "QREDO_CURL"
@@ -207,9 +207,9 @@ def perform(
     with private_tempdir(where) as work:
         cmd = curl_command(curl.path, request, work, timeout=timeout, cacert=cacert)
         lines = "".join(f"{opt} = {config_quote(value)}\n" for opt, value in cmd.config)
-        write_private(os.path.join(work, "curl.conf"), lines.encode("utf-8"))
+        _write_temp(os.path.join(work, "curl.conf"), lines.encode("utf-8"))
         if request.body is not None:
-            write_private(os.path.join(work, "body"), request.body)
+            _write_temp(os.path.join(work, "body"), request.body)
         if before is not None:
             before(cmd)
         # curl's own --max-time fires first (exit 28, "no answer"); ours only stops a hang.
@@ -227,6 +227,13 @@ def perform(
         msg = f"curl gave no HTTP status for {request.url}"
         raise NoAnswerError(msg)
     return HttpResponse(status, status_line, headers, body)
+
+
+def _write_temp(path: str, data: bytes) -> None:
+    # 0600 from birth in a 0700 directory; no fsync (unlike keys): it lives for one request.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _read(path: str) -> bytes:
