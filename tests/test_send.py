@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qredo_server import TLS, Canned, QredoServer, make_tls_material
 
-from qredo_openssl._errors import QredoOpenSSLError
+from qredo_openssl._errors import QredoOpenSSLError, UsageError
 from qredo_openssl._urls import ApiBase, api_base, remove_dot_segments, resolve_url, url_rewrite
 
 CURL = shutil.which("curl")
@@ -635,3 +635,33 @@ def test_large_body_without_expect(env: Env) -> None:
     [got] = env.since(n)
     assert got.header("Expect") is None
     assert got.body == body
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(exclude_categories=())))
+def test_parse_header_raises_only_usage_errors(text: str) -> None:
+    from qredo_openssl._send import AUTH_HEADERS, parse_header
+
+    try:
+        name, value = parse_header(text)
+    except UsageError:
+        return
+    assert name.lower() not in AUTH_HEADERS
+    assert "\n" not in value
+    assert "\r" not in value
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [b"", b"GET\n", b"GET /a extra\n", b"GET /a\nPOST /b\n", b"\xff\xfe /a\n"],
+    ids=["empty", "no-url", "three-words", "two-lines", "not-utf8"],
+)
+def test_bad_request_dir(env: Env, uri: bytes) -> None:
+    req = env.work / "req"
+    req.mkdir()
+    (req / "uri").write_bytes(uri)
+    n = len(env.srv.requests)
+    r = env.send("--request-dir", str(req))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert env.since(n) == []
