@@ -26,7 +26,8 @@ examples:
   qredo-openssl send --url /company/$CID/transfer --body transfer.json keys
   qredo-openssl send --request-dir requests/balance --json keys
   qredo-openssl send --batch requests.jsonl -j 4 keys
-  QREDO_APIKEY=$SECRET qredo-openssl send --url /company --api-base https://sandbox/api/v1/p keys
+  QREDO_APIKEY=$SECRET qredo-openssl send --url /company ci-keys
+  (sandbox and production use the same API base: one key directory per environment)
 
 exit codes: 0 answered 2xx/3xx, 1 bad input or no API key, 2 usage, 3 curl or OpenSSL missing,
   5 the API answered 4xx/5xx (its body is still printed), 6 no answer (DNS, refused, TLS, timeout)
@@ -254,6 +255,8 @@ def diagnosis_lines(d: AuthDiagnosis) -> list[str]:
 
 def show_explanation(e: Explanation, base: ApiBase | None) -> None:
     """``--explain``, on stderr whatever ``-q`` says: it was asked for."""
+    from .._curl import config_quote
+
     lines = ["payload = " + e.stamp_name + " + url + body:",
              f"  {e.stamp_name}: {e.stamp}", f"  url: {e.url}"]  # fmt: skip
     if base is not None and e.url.startswith(base.url.rstrip("/")):
@@ -263,7 +266,7 @@ def show_explanation(e: Explanation, base: ApiBase | None) -> None:
               "openssl: " + shlex.join(e.openssl_argv) + " < payload"]  # fmt: skip
     if e.curl is not None:
         lines.append("curl: " + shlex.join(e.curl.argv))
-        lines += [f"  config {opt} = {json.dumps(value)}" for opt, value in e.curl.config]
+        lines += [f"  config {opt} = {config_quote(value)}" for opt, value in e.curl.config]
     sys.stderr.write("".join(line + "\n" for line in lines))
     sys.stderr.flush()
 
@@ -272,7 +275,7 @@ def _dry_run(
     args: argparse.Namespace, out: Output, sender: Sender, url: str, body: bytes | None,
     method: str | None, body_file: str | None,
 ) -> int:  # fmt: skip
-    from .._curl import curl_command
+    from .._curl import config_quote, curl_command
     from .._send import redact
 
     target = sender.target(url)
@@ -289,11 +292,11 @@ def _dry_run(
     if out.json_mode:
         req = {"method": signed.method, "url": signed.url, "timestamp": signed.timestamp}
         doc: dict[str, Any] = {"request": req, "curl": list(cmd.argv),
-                               "config": [f"{o} = {json.dumps(v)}" for o, v in config]}  # fmt: skip
+                               "config": [f"{o} = {config_quote(v)}" for o, v in config]}  # fmt: skip
         out.json(doc)
     else:
         out.data(shlex.join(cmd.argv))
-        out.data("".join(f"{o} = {json.dumps(v)}\n" for o, v in config))
+        out.data("".join(f"{o} = {config_quote(v)}\n" for o, v in config))
     out.info("dry run: nothing was sent")
     return 0
 
