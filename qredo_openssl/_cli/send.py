@@ -291,8 +291,8 @@ def _dry_run(
         show_explanation(sender.explain(signed, body or b"", cmd), sender.base)
     if out.json_mode:
         req = {"method": signed.method, "url": signed.url, "timestamp": signed.timestamp}
-        doc: dict[str, Any] = {"request": req, "curl": list(cmd.argv),
-                               "config": [f"{o} = {config_quote(v)}" for o, v in config]}  # fmt: skip
+        lines = [f"{o} = {config_quote(v)}" for o, v in config]
+        doc: dict[str, Any] = {"request": req, "curl": list(cmd.argv), "config": lines}
         out.json(doc)
     else:
         out.data(shlex.join(cmd.argv))
