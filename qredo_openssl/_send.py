@@ -106,6 +106,29 @@ def target_url(url: str, base: ApiBase | None) -> str:
     return url
 
 
+def sign_for_sending(
+    signer: Signer,
+    base: ApiBase | None,
+    url: str,
+    body: bytes | None,
+    *,
+    method: str | None = None,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+    body_file: str | None = None,
+) -> SignedRequest:
+    """Sign now what :meth:`Sender.deliver` sends next: an API key is required, a path URL
+    goes on ``base``, and a URL curl would rewrite is a :class:`UsageError`."""
+    if signer.apikey is None:
+        msg = f"no API key ({signer.apikey_path}); nothing was sent"
+        raise BadInputError(msg)
+    url = check_url(target_url(url, base))
+    return signer.sign(
+        url, body if body is not None else b"", method=method, timestamp=timestamp,
+        nonce=nonce, has_body=body is not None, body_file=body_file,
+    )  # fmt: skip
+
+
 def explain_request(
     signer: Signer, signed: SignedRequest, body: bytes, cmd: CurlCommand | None
 ) -> Explanation:
@@ -215,20 +238,25 @@ class Sender:
         Raises :class:`NoAnswerError` (exit 6) when no answer came, :class:`CurlError` or
         :class:`OpenSSLError` (exit 3) when a tool fails, :class:`BadInputError` (exit 1).
         """
-        if self.signer.apikey is None:
-            msg = f"no API key ({self.signer.apikey_path}); nothing was sent"
-            raise BadInputError(msg)
-        url = check_url(self.target(url))
-        data = body if body is not None else b""
-        signed = self.signer.sign(
-            url, data, method=method, timestamp=timestamp, nonce=nonce,
-            has_body=body is not None, body_file=body_file,
+        signed = sign_for_sending(
+            self.signer, self.base, url, body, method=method, timestamp=timestamp, nonce=nonce,
+            body_file=body_file,
         )  # fmt: skip
+        return self.deliver(signed, body, explain=explain)
+
+    def deliver(
+        self,
+        signed: SignedRequest,
+        body: bytes | None,
+        *,
+        explain: Callable[[Explanation], None] | None = None,
+    ) -> SendResult:
+        """Send a request that :func:`sign_for_sending` has just signed, with ``body``."""
         request = self.http_request(signed, body)
 
         def before(cmd: CurlCommand) -> None:
             if explain is not None:
-                explain(self.explain(signed, data, cmd))
+                explain(self.explain(signed, body or b"", cmd))
 
         response = perform(
             self.curl, request, timeout=self.timeout, cacert=self.cacert, tmpdir=self.tmpdir,

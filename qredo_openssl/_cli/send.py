@@ -9,7 +9,9 @@ import os
 import shlex
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._errors import BadInputError, NoAnswerError, UsageError
 from .._ui import Output
@@ -18,8 +20,10 @@ from ._base import Command, error_doc, key_paths
 if TYPE_CHECKING:
     from .._openssl import OpenSSL
     from .._send import AuthDiagnosis, Explanation, Sender, SendItem, SendResult
+    from .._sign import Signer
     from .._urls import ApiBase
 
+T = TypeVar("T")
 EXAMPLES = """\
 examples:
   qredo-openssl send --url /company keys
@@ -99,8 +103,9 @@ def register(command: Command) -> None:
 
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
+    from .._curl import detect_curl
     from .._request import read_body
-    from .._send import target_url
+    from .._send import Sender, sign_for_sending, target_url
     from .._urls import api_base
 
     _check_usage(args)
@@ -113,17 +118,24 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     base = api_base(args.api_base, args.dir)
     if url is not None:
         target_url(url, base)  # a refused form is a usage error before any key is read
-    sender = _sender(args, headers, base)
-    if args.batch is not None:
-        return _send_batch(args, out, sender)
+    curl_ready = in_background(lambda: detect_curl(args.curl, timeout=args.timeout))
+    signer = _signer(args)
+    if args.batch is not None or args.dry_run:
+        sender = Sender(signer, curl_ready(), args.timeout, args.cacert, headers, base=base)
+        if args.batch is not None:
+            return _send_batch(args, out, sender)
     assert url is not None
     if url.startswith("/") and not out.json_mode:
         out.info(f"API base {base.url} (from {base.source})")
     if args.dry_run:
         return _dry_run(args, out, sender, url, body, method, body_file)
+    # ``curl --version`` runs while OpenSSL signs: one child's time less. The timestamp is
+    # taken just before the signature, so the request still starts right after it.
+    signed = sign_for_sending(signer, base, url, body, method=method, body_file=body_file)
+    sender = Sender(signer, curl_ready(), args.timeout, args.cacert, headers, base=base)
     explain = (lambda e: show_explanation(e, sender.base)) if args.explain else None
     try:
-        result = sender.send(url, body, method=method, body_file=body_file, explain=explain)
+        result = sender.deliver(signed, body, explain=explain)
     except NoAnswerError as exc:
         if exc.curl_exit == 60:  # the certificate chain is not trusted
             hint = f"{exc}; for a private CA, pass --cacert FILE"
@@ -176,20 +188,40 @@ def read_request_dir(path: str) -> tuple[str, str, bytes | None, str | None]:
     return words[0], words[1], None, None
 
 
-def _sender(
-    args: argparse.Namespace, headers: tuple[tuple[str, str], ...], base: ApiBase
-) -> Sender:
-    from .._curl import detect_curl
-    from .._send import Sender, resolve_apikey
+def _signer(args: argparse.Namespace) -> Signer:
+    from .._send import resolve_apikey
     from .._sign import Signer, SigningKey
 
     paths = key_paths(args, args.dir)
     apikey, source = resolve_apikey(paths.apikey)
     if args.cacert is not None and not os.path.isfile(args.cacert):
         raise BadInputError(f"no CA certificate file at {args.cacert}")
-    signer = Signer(signing_openssl(args), SigningKey.pem(paths.private), apikey, source)
-    curl = detect_curl(args.curl, timeout=args.timeout)
-    return Sender(signer, curl, args.timeout, args.cacert, headers, base=base)
+    return Signer(signing_openssl(args), SigningKey.pem(paths.private), apikey, source)
+
+
+def in_background(fn: Callable[[], T]) -> Callable[[], T]:
+    """Start ``fn`` in a thread now; the function returned waits for its result (or raises
+    its exception). Threads, not a pool: ``concurrent.futures`` costs ~15 ms to import."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller, raised there
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result() -> T:
+        while thread.is_alive():
+            thread.join(0.1)  # wakes for signals (a plain join may not on every Python)
+        ok, value = box[0]
+        if ok:
+            return cast(T, value)
+        raise value
+
+    return result
 
 
 def signing_openssl(args: argparse.Namespace) -> OpenSSL:
