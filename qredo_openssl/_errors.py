@@ -56,6 +56,12 @@ class CurlError(ToolError):
     """curl is missing, too old, or failed in a way that is not "no answer" (exit 3)."""
 
 
+class AnswerError(QredoOpenSSLError):
+    """The API answered, but not with what was required (a 2xx for a probe) (exit 5)."""
+
+    exit_code = 5
+
+
 class NoAnswerError(QredoOpenSSLError):
     """The request got no HTTP answer: DNS, connection, TLS or a timeout (exit 6).
 

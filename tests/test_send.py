@@ -665,3 +665,33 @@ def test_bad_request_dir(env: Env, uri: bytes) -> None:
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert env.since(n) == []
+
+
+# --- rotate finish --probe: send with the next key ---------------------------------------------
+
+
+def test_rotate_probe(env: Env, tls: TLS) -> None:
+    start = run_cli("rotate", "start", str(env.dir))
+    assert start.returncode == 0, start.stderr
+    nxt = env.dir / "next" / "public.pem"
+    old_private = (env.dir / "private.pem").read_bytes()
+    probe = ["rotate", "finish", "--probe", "/company", "--cacert", str(env.tls.ca), str(env.dir)]
+    penv = {"QREDO_API_BASE": "", "TMPDIR": str(env.tmp), "NO_PROXY": "127.0.0.1"}
+    # The server still holds the old key: 401, exit 5, nothing changed.
+    (env.dir / "api-base").write_text(env.srv.base)
+    r = run_cli(*probe, env=penv)
+    assert r.returncode == 5, r.stderr
+    assert "401" in r.stderr
+    assert (env.dir / "private.pem").read_bytes() == old_private
+    # After "uploading" the next key: 2xx, finished.
+    with QredoServer(tls, nxt, APIKEY, timeout=5.0) as uploaded:
+        (env.dir / "api-base").write_text(uploaded.base)
+        r = run_cli(*probe, env=penv)
+        assert r.returncode == 0, r.stderr
+        [got] = uploaded.requests
+        assert (got.method, got.target, got.verdict) == ("GET", "/api/v1/p/company", "ok")
+    assert (env.dir / "private.pem").read_bytes() != old_private
+    assert not (env.dir / "next").exists()
+    for p in env.dir.iterdir():  # leave DIR as the fixture expects it
+        if p.name not in ("apikey", "private.pem", "public.pem"):
+            p.unlink()

@@ -18,6 +18,7 @@ from .._ui import Output
 from ._base import Command, error_doc, key_paths
 
 if TYPE_CHECKING:
+    from .._files import KeyPaths
     from .._openssl import OpenSSL
     from .._send import AuthDiagnosis, Explanation, Sender, SendItem, SendResult
     from .._sign import Signer
@@ -222,6 +223,40 @@ def in_background(fn: Callable[[], T]) -> Callable[[], T]:
         raise value
 
     return result
+
+
+def rotate_probe(args: argparse.Namespace, url: str) -> Callable[[KeyPaths], None]:
+    """``rotate finish --probe URL``: a function of the next pair that sends a signed GET of
+    ``url`` with it, as ``send`` does, and returns only on a 2xx answer.
+
+    Otherwise it raises ``send``'s errors: :class:`AnswerError` (exit 5) for any other answer,
+    3xx included; :class:`NoAnswerError` (6) for none; a missing curl is exit 3. The URL is
+    checked now, so a form curl would rewrite is a usage error before anything happens.
+    """
+    from .._curl import detect_curl
+    from .._errors import AnswerError
+    from .._send import Sender, resolve_apikey, target_url
+    from .._sign import Signer, SigningKey
+    from .._urls import api_base
+
+    base = api_base(getattr(args, "api_base", None), args.dir)
+    target_url(url, base)
+    if args.cacert is not None and not os.path.isfile(args.cacert):
+        raise BadInputError(f"no CA certificate file at {args.cacert}")
+
+    def probe(paths: KeyPaths) -> None:
+        apikey, source = resolve_apikey(paths.apikey)
+        key = SigningKey.pem(paths.private)
+        signer = Signer(signing_openssl(args), key, apikey, source)
+        curl = detect_curl(getattr(args, "curl", None), timeout=args.timeout)
+        sender = Sender(signer, curl, args.timeout, args.cacert, base=base)
+        result = sender.send(url, method="GET")
+        if not 200 <= result.status < 300:
+            said = result.response.status_line or f"HTTP {result.status}"
+            msg = f"the probe GET {result.request.url} with {paths.private} got {said}"
+            raise AnswerError(msg)
+
+    return probe
 
 
 def signing_openssl(args: argparse.Namespace) -> OpenSSL:
