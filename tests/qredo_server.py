@@ -333,3 +333,25 @@ class QredoServer(ThreadingHTTPServer):
                 self._errors.append(item)
             elif isinstance(item, Received) and len(self._requests) < self.max_requests + 100:
                 self._requests.append(item)  # past the cap too, but memory stays bounded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python tests/qredo_server.py PUBLIC_PEM APIKEY DIR``: serve until stdin closes.
+
+    For scripts/bench: TLS material goes into DIR; prints the API base and the CA path, one a
+    line, once listening. No request limit to speak of; still 127.0.0.1 only.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3:
+        print("usage: qredo_server.py PUBLIC_PEM APIKEY DIR", file=sys.stderr)
+        return 2
+    public, api_key, directory = args
+    tls = make_tls_material(directory)
+    with QredoServer(tls, public, api_key, max_requests=1_000_000) as srv:
+        print(srv.base, tls.ca, sep="\n", flush=True)
+        sys.stdin.read()  # until the parent closes it (or dies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
