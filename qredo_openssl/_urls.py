@@ -120,8 +120,9 @@ def url_rewrite(url: str) -> Rewrite | None:
     """
     problems: list[str] = []
     if not _SAFE_CHARS_RE.fullmatch(url):
-        problems.append("spaces, control or non-ASCII characters are percent-encoded by clients")
-        url = _percent_encode(url)
+        problems.append("spaces, control or non-ASCII characters are encoded by clients "
+                        "(percent-encoding; IDNA for a host name)")  # fmt: skip
+        url = _ascii_form(url)
     m = _URL_RE.fullmatch(url)
     if m is None or m["scheme"].lower() not in _DEFAULT_PORTS or not m["auth"]:
         return Rewrite(tuple(problems), url) if problems else None
@@ -159,6 +160,23 @@ def url_rewrite(url: str) -> Rewrite | None:
     hostport_text = host.lower() + (f":{port}" if port is not None else "")
     use = f"{scheme.lower()}://{hostport_text}{path}{query}" if use_ok else None
     return Rewrite(tuple(problems), use)
+
+
+def _ascii_form(url: str) -> str:
+    """A non-ASCII host in its IDNA (punycode) form, as clients look it up; the rest of the
+    URL percent-encoded."""
+    m = _URL_RE.fullmatch(url)
+    if m is not None and m["auth"] and not m["auth"].isascii():
+        auth = m["auth"]
+        user, at, hostport = auth.rpartition("@")
+        host, colon, port = hostport.partition(":")
+        try:
+            host = host.encode("idna").decode("ascii")
+        except (UnicodeError, ValueError):
+            return _percent_encode(url)
+        start, end = m.span("auth")
+        url = url[:start] + user + at + host + colon + port + url[end:]
+    return _percent_encode(url)
 
 
 def _percent_encode(url: str) -> str:

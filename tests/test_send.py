@@ -221,6 +221,7 @@ def test_api_base_precedence(env: Env) -> None:
         pytest.param("https://h.example/a b", "https://h.example/a%20b", id="space"),
         pytest.param("https://h.example/café", "https://h.example/caf%C3%A9", id="non-ascii"),
         pytest.param("https://h.example/a\tb", "https://h.example/a%09b", id="control"),
+        pytest.param("https://café.example/a", "https://xn--caf-dma.example/a", id="idn-host"),
     ],
 )
 def test_refused_url_forms(env: Env, url: str, use: str) -> None:
