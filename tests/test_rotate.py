@@ -538,6 +538,7 @@ def test_changed_file_is_not_moved_blindly(rotating: Path, new_key, monkeypatch)
 
 SLOW = r"""
 import os, sys, time
+import pathlib  # first: on 3.9 pathlib's accessor takes os.open at import, as a method if patched
 root, log = sys.argv[1], sys.argv[2]
 def slowed(name):
     real = getattr(os, name)
