@@ -19,6 +19,9 @@ _LAZY = {
     "SavedApiKey": "_apikey",
     "save_apikey": "_apikey",
     "Finding": "_checks",
+    "detect_curl": "_curl",
+    "CurlError": "_errors",
+    "NoAnswerError": "_errors",
     "check_keys": "_checks",
     "BadInputError": "_errors",
     "OpenSSLError": "_errors",
@@ -38,6 +41,8 @@ _LAZY = {
     "derive_public": "_repair",
     "OpenSSL": "_openssl",
     "detect_openssl": "_openssl",
+    "SendResult": "_send",
+    "Sender": "_send",
     "SignedRequest": "_sign",
     "Signer": "_sign",
     "Verification": "_sign",
@@ -68,7 +73,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._apikey import save_apikey as save_apikey
     from ._checks import Finding as Finding
     from ._checks import check_keys as check_keys
+    from ._curl import detect_curl as detect_curl
     from ._errors import BadInputError as BadInputError
+    from ._errors import CurlError as CurlError
+    from ._errors import NoAnswerError as NoAnswerError
     from ._errors import OpenSSLError as OpenSSLError
     from ._errors import QredoOpenSSLError as QredoOpenSSLError
     from ._errors import RefusedOverwriteError as RefusedOverwriteError
@@ -86,6 +94,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._repair import RepairResult as RepairResult
     from ._repair import convert_private as convert_private
     from ._repair import derive_public as derive_public
+    from ._send import Sender as Sender
+    from ._send import SendResult as SendResult
     from ._sign import SignedRequest as SignedRequest
     from ._sign import Signer as Signer
     from ._sign import Verification as Verification

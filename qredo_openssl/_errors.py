@@ -56,6 +56,29 @@ class OpenSSLError(ToolError):
     """OpenSSL is missing, unusable, timed out or failed (exit 3)."""
 
 
+class CurlError(ToolError):
+    """curl is missing, too old, or failed in a way that is not "no answer" (exit 3)."""
+
+
+class AnswerError(QredoOpenSSLError):
+    """The API answered, but not with what was required (a 2xx for a probe) (exit 5)."""
+
+    exit_code = 5
+
+
+class NoAnswerError(QredoOpenSSLError):
+    """The request got no HTTP answer: DNS, connection, TLS or a timeout (exit 6).
+
+    The message is curl's own; ``curl_exit`` is curl's exit code (28: timed out).
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, curl_exit: int | None = None) -> None:
+        super().__init__(message)
+        self.curl_exit = curl_exit
+
+
 class RefusedOverwriteError(QredoOpenSSLError):
     """A target file already exists and ``force`` was not given (exit 4)."""
 

@@ -346,9 +346,10 @@ def test_cli_formats(keydir, tmp_path, cli):
     curl = cli(*base, "--format", "curl", "--method", "PUT")
     assert curl.returncode == 0, curl.stderr
     assert shlex.split(curl.stdout) == [
-        "curl", "-X", "PUT", "-H", f"x-api-key: {APIKEY}", "-H", "x-nonce: n1",
-        "-H", f"x-sign: {x_sign}", "-H", "Content-Type: application/json",
-        "--data-binary", "@b.json", URL,
+        "curl", "-q", "-sS", "--fail-with-body", "--path-as-is", "--globoff",
+        "-X", "PUT", "-H", f"x-api-key: {APIKEY}", "-H", "x-nonce: n1",
+        "-H", f"x-sign: {x_sign}", "-H", "Content-Type: application/json", "-H", "Expect:",
+        "--data-binary", f"@{tmp_path / 'b.json'}", URL,
     ]  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from ._base import (
     traditional_option,
     with_fix,
 )
+from .send import send_doctor, send_options
 
 
 def register(command: Command) -> None:
@@ -43,6 +44,7 @@ def register(command: Command) -> None:
         exits="0 OpenSSL usable; 3 not",
     )  # fmt: skip
     traditional_option(p)
+    send_options(p)
 
 
 def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
@@ -184,6 +186,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
     findings = q.check_keys(paths, openssl) if have_keys else None
     doc["checks"] = _findings_doc(findings) if findings is not None else None
+    send_lines = send_doctor(args, doc)
     if out.json_mode:
         out.json(doc)
         return 0
@@ -194,6 +197,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     out.data(f"traditional {'yes' if t.use else 'no'}: {t.reason}")
     out.data("keygen runs (in a private temporary directory, then published):")
     out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
+    out.data("\n".join(send_lines))
     if findings is None:
         looked = ", ".join((paths.private, paths.public, paths.apikey))
         out.data(f"no key files in {paths.dir} (looked for {looked})")

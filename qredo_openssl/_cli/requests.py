@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import sys
 from typing import TYPE_CHECKING, Any
 
 import qredo_openssl as q
@@ -14,6 +15,7 @@ from .._errors import UsageError
 from .._request import read_body
 from .._ui import Output
 from ._base import Command, error_doc, get_openssl, key_paths, with_fix
+from .send import api_base_option
 
 if TYPE_CHECKING:
     from .._batch import BatchItem
@@ -50,6 +52,8 @@ def register(command: Command) -> None:
         "folder (with -: the current directory)",
     )  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
+    p.add_argument("--explain", action="store_true", help="show payload, digests, commands")
+    api_base_option(p)
 
     p = command(
         "verify", "verify an x-sign signature as the Qredo server does", cmd_verify,
@@ -63,6 +67,7 @@ def register(command: Command) -> None:
     g.add_argument("--timestamp", metavar="T")
     g.add_argument("--nonce", metavar="N")
     p.add_argument("--signature", required=True, metavar="SIG", help="the x-sign value")
+    api_base_option(p)
 
 
 def header_lines(signed: q.SignedRequest) -> str:
@@ -70,24 +75,70 @@ def header_lines(signed: q.SignedRequest) -> str:
     return "".join(f"{k}: {v}\n" for k, v in signed.headers.items())
 
 
-def curl_argv(signed: q.SignedRequest) -> list[str]:
-    """A curl command sending this request; the body by reference, never inline.
+def curl_argv(signed: q.SignedRequest, body: bytes = b"") -> list[str]:
+    """A curl command sending this request, safe for scripts; the body by reference.
 
-    The body is read by curl from the same file (``--data-binary @FILE`` sends the bytes
-    unchanged, unlike ``-d``), or from standard input (``@-``) when it was piped to us:
-    then the same bytes must be piped to curl.
+    ``-q`` (no ~/.curlrc), ``--path-as-is`` and ``--globoff`` keep curl from rewriting the
+    signed URL; ``--fail-with-body`` makes a 4xx/5xx a failure that still shows the body.
+    The body is read by curl from the same file by its absolute path (``--data-binary``
+    sends the bytes unchanged, unlike ``-d``), or from standard input (``@-``) when it was
+    piped to us: then the same bytes must be piped to curl. Content-Type is JSON only for a
+    JSON body; otherwise curl's form type and ``Expect: 100-continue`` are suppressed.
     """
-    argv = ["curl"]
+    from .._send import is_json
+
+    argv = ["curl", "-q", "-sS", "--fail-with-body", "--path-as-is", "--globoff"]
     inferred = "POST" if signed.has_body else "GET"
     if signed.method != inferred:
         argv += ["-X", signed.method]
     for name, value in signed.headers.items():
         argv += ["-H", f"{name}: {value}"]
     if signed.has_body:
-        argv += ["-H", "Content-Type: application/json"]
-        argv += ["--data-binary", "@" + (signed.body_file or "-")]
+        argv += ["-H", "Content-Type: application/json" if is_json(body) else "Content-Type:"]
+        argv += ["-H", "Expect:"]
+        source = signed.body_file
+        argv += ["--data-binary", "@" + (os.path.abspath(source) if source not in (None, "-")
+                                         else "-")]  # fmt: skip
     argv.append(signed.url)
     return argv
+
+
+def request_url(args: argparse.Namespace, out: Output, url: str | None) -> str | None:
+    """The URL to sign: a path on the API base; warnings for forms a client would rewrite."""
+    from .._request import check_url
+    from .._urls import api_base, is_path_url, url_rewrite
+
+    if url is None:
+        return None
+    if is_path_url(url):
+        base = api_base(args.api_base, args.dir)
+        url = base.url.rstrip("/") + url
+        out.info(f"API base {base.url} (from {base.source})")
+    check_url(url)  # what sign and verify always refused (exit 1)
+    rewrite = url_rewrite(url)
+    if rewrite is not None:
+        out.warn(f"a client would not send {url!r} as signed: {rewrite}")
+    return url
+
+
+def check_cli_timestamp(timestamp: str | None, out: Output) -> None:
+    """Milliseconds (``Date.now()``) are a usage error; more than 5 min ahead, a warning.
+
+    A past timestamp is not warned about: re-signing a logged request is a known use.
+    """
+    import time
+
+    if timestamp is None or not timestamp.isdigit():
+        return  # the signer says what is wrong with it
+    if len(timestamp) >= 12:
+        raise UsageError(
+            f"--timestamp {timestamp} looks like milliseconds (Date.now()); "
+            f"x-timestamp is Unix seconds: {int(timestamp) // 1000}"
+        )
+    ahead = int(timestamp) - time.time()
+    if ahead > 300:
+        out.warn(f"--timestamp {timestamp} is {ahead / 60:.0f} min ahead of this machine's "
+                 "clock; Qredo refuses requests outside a short window")  # fmt: skip
 
 
 def _warn_no_apikey(signer: q.Signer, out: Output) -> None:
@@ -105,19 +156,30 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     if args.url is None:
         raise UsageError("sign: give --url URL (or --batch FILE)")
     fmt = "json" if out.json_mode else (args.format or "headers")
+    check_cli_timestamp(args.timestamp, out)
+    url = request_url(args, out, args.url)
+    assert url is not None
     body = read_body(args.body) if args.body is not None else b""
     signer = q.Signer.from_paths(key_paths(args, args.dir), get_openssl(args))
     signed = signer.sign(
-        args.url, body, method=args.method, timestamp=args.timestamp, nonce=args.nonce,
+        url, body, method=args.method, timestamp=args.timestamp, nonce=args.nonce,
         body_file=args.body,
     )  # fmt: skip
     _warn_no_apikey(signer, out)
+    if args.explain:
+        from .._send import explain_request, redact
+        from .send import show_explanation
+
+        explanation = explain_request(signer, signed, body, None)
+        show_explanation(explanation, None)
+        line = shlex.join(curl_argv(signed, body))
+        sys.stderr.write(f"curl: {redact(line, signer.apikey)}\n")
     if fmt == "json":
         out.json(signed.to_json())
     elif fmt == "curl":
         if args.body == "-":
             out.warn("the body came from standard input: pipe the same bytes to this curl")
-        out.data(shlex.join(curl_argv(signed)))
+        out.data(shlex.join(curl_argv(signed, body)))
     else:
         out.data(header_lines(signed))
     return 0
@@ -133,6 +195,8 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
     if given:
         opts = ", ".join(f"--{o}" for o in given)
         raise UsageError(f"sign --batch: {opts} belong in the batch lines, not the command line")
+    if args.explain:
+        raise UsageError("sign --batch: --explain applies to one request")
     if args.format not in (None, "json"):
         raise UsageError(f"sign --batch writes JSON lines; --format {args.format} does not apply")
     if args.jobs is not None and args.jobs < 1:
@@ -159,10 +223,13 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    check_cli_timestamp(args.timestamp, out)
+    url = request_url(args, out, args.url)
+    assert url is not None
     body = read_body(args.body) if args.body is not None else b""
     public = key_paths(args, args.dir).public
     v = q.verify_request(
-        public, get_openssl(args), args.url, args.signature, body,
+        public, get_openssl(args), url, args.signature, body,
         timestamp=args.timestamp, nonce=args.nonce,
     )  # fmt: skip
     if out.json_mode:

@@ -61,12 +61,13 @@ a crash, run finish again to complete it.
 
 examples:
   qredo-openssl rotate finish keys/
+  qredo-openssl rotate finish --probe /company keys/
   qredo-openssl rotate finish --json keys/
 
 exit codes:
   0    the next pair is DIR's pair; the old pair is kept as NAME.YYYYmmddTHHMMSSZ.bak
   1    no rotation in progress, or the next pair fails its checks
-  2    usage (--probe is not available yet)
+  2    usage
   3    OpenSSL missing, unusable or failed
   5/6  --probe: the API answered, but not 2xx / did not answer (nothing was changed)
   130  interrupted: the old pair or the new one is in place (the message says which)"""
@@ -200,19 +201,10 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 
 def _probe(args: argparse.Namespace) -> Callable[[q.KeyPaths], None]:
-    """``--probe URL``: a signed GET with the next key, sent as ``send`` sends (issue 11).
+    """``--probe URL``: a signed GET with the next key, sent as ``send`` sends it."""
+    from .send import rotate_probe
 
-    To wire (after ``send`` is merged): return a function of the next pair's KeyPaths that
-    signs GET ``args.probe`` with it, sends it with ``args.cacert`` as ``send`` does, returns on a
-    2xx answer and raises ``send``'s errors otherwise (exit 5 for any other answer, 3xx
-    included; 6 for none; 3 for no curl). ``finish_rotation`` already calls it before any change.
-    """
-    import importlib.util
-
-    have_send = importlib.util.find_spec("qredo_openssl._send") is not None
-    why = "it is not wired to send yet" if have_send else "it needs the send command (issue 11)"
-    msg = f"rotate finish --probe is not available yet: {why}; finish without it"
-    raise UsageError(msg)
+    return rotate_probe(args, args.probe)
 
 
 def cmd_finish(args: argparse.Namespace, out: Output) -> int:

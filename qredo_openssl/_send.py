@@ -1,0 +1,385 @@
+"""Signing a Partner API request and sending it with curl: the bytes sent are the bytes signed.
+
+Each request is signed immediately before curl starts (the timestamp is fresh even in a long
+batch), exactly as :meth:`._sign.Signer.sign` signs. The API key comes from ``$QREDO_APIKEY``
+(CI secrets) or ``DIR/apikey``; with neither, nothing is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._apikey import load_apikey, validate_apikey
+from ._curl import Curl, CurlCommand, HttpRequest, HttpResponse, perform
+from ._errors import BadInputError, QredoOpenSSLError, UsageError
+from ._pem import fingerprint, read_bounded
+from ._request import build_payload, check_url
+from ._sign import SignedRequest, Signer
+from ._urls import ApiBase, resolve_url, url_rewrite
+
+APIKEY_ENV = "QREDO_APIKEY"
+AUTH_HEADERS = frozenset({"x-api-key", "x-sign", "x-timestamp", "x-nonce"})
+# Headers that would make curl send other bytes than were signed, or frame them differently.
+FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``Name: value`` given by the user; usage error for the auth and framing headers."""
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN_RE.fullmatch(name):
+        msg = f"the header {text!r} is not 'Name: value'"
+        raise UsageError(msg)
+    if not _VALUE_RE.fullmatch(value):
+        msg = f"the header {name}: its value has a line break or control character"
+        raise UsageError(msg)
+    if name.lower() in AUTH_HEADERS:
+        msg = f"a header may not set {name.lower()}: the auth headers are made by signing"
+        raise UsageError(msg)
+    if name.lower() in FRAMING_HEADERS:
+        msg = f"a header may not set {name.lower()}: then what is sent is not what is signed"
+        raise UsageError(msg)
+    return name, value
+
+
+def resolve_apikey(path: str, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The API key and where it came from: ``$QREDO_APIKEY`` when set, else the file.
+
+    Neither is :class:`BadInputError` (exit 1): a request without it cannot pass.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(APIKEY_ENV):
+        key = environ[APIKEY_ENV].strip()
+        try:
+            validate_apikey(key)
+        except BadInputError as exc:
+            msg = f"${APIKEY_ENV}: {exc}"
+            raise BadInputError(msg) from None
+        return key, f"${APIKEY_ENV}"
+    key_in_file = load_apikey(path)
+    if key_in_file is None:
+        msg = (f"no API key: {path} does not exist and ${APIKEY_ENV} is not set "
+               "(save it with: qredo-openssl apikey); nothing was sent")  # fmt: skip
+        raise BadInputError(msg)
+    return key_in_file, path
+
+
+def is_json(body: bytes) -> bool:
+    try:
+        json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What ``--explain`` shows: the payload's parts and digests, and both commands."""
+
+    stamp_name: str  # "timestamp" or "nonce"
+    stamp: str
+    url: str
+    body_length: int
+    body_sha256: str
+    payload_sha256: str
+    openssl_argv: tuple[str, ...]
+    curl: CurlCommand | None
+
+
+def target_url(url: str, base: ApiBase | None) -> str:
+    """A path URL on the API base; :class:`UsageError` (exit 2) for a URL curl would rewrite."""
+    url = resolve_url(url, base).url
+    rewrite = url_rewrite(url)
+    if rewrite is not None:
+        msg = f"{url!r} would not be sent as signed: {rewrite}"
+        raise UsageError(msg)
+    return url
+
+
+def sign_for_sending(
+    signer: Signer,
+    base: ApiBase | None,
+    url: str,
+    body: bytes | None,
+    *,
+    method: str | None = None,
+    timestamp: str | None = None,
+    nonce: str | None = None,
+    body_file: str | None = None,
+) -> SignedRequest:
+    """Sign now what :meth:`Sender.deliver` sends next: an API key is required, a path URL
+    goes on ``base``, and a URL curl would rewrite is a :class:`UsageError`."""
+    if signer.apikey is None:
+        msg = f"no API key ({signer.apikey_path}); nothing was sent"
+        raise BadInputError(msg)
+    url = check_url(target_url(url, base))
+    return signer.sign(
+        url, body if body is not None else b"", method=method, timestamp=timestamp,
+        nonce=nonce, has_body=body is not None, body_file=body_file,
+    )  # fmt: skip
+
+
+def explain_request(
+    signer: Signer, signed: SignedRequest, body: bytes, cmd: CurlCommand | None
+) -> Explanation:
+    """The parts of the signed payload, its digests and the commands, the API key redacted."""
+    stamp_name = "timestamp" if signed.timestamp is not None else "nonce"
+    stamp = signed.timestamp if signed.timestamp is not None else str(signed.nonce)
+    payload = build_payload(signed.url, body, timestamp=signed.timestamp, nonce=signed.nonce)
+    openssl = (signer.openssl.path, "dgst", "-sha256", *signer.key.args)
+    if cmd is not None:
+        redacted = tuple((o, redact(v, signer.apikey)) for o, v in cmd.config)
+        cmd = CurlCommand(cmd.argv, redacted)
+    return Explanation(
+        stamp_name, stamp, signed.url, len(body), hashlib.sha256(body).hexdigest(),
+        hashlib.sha256(payload).hexdigest(), openssl, cmd,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A request as signed and sent, and the final response to it."""
+
+    request: SignedRequest
+    response: HttpResponse
+    received_at: float  # our clock when the answer came (for the skew against ``Date``)
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def exit_code(self) -> int:
+        """0 for 2xx/3xx, 5 for 4xx/5xx (and anything else the server invented)."""
+        return 0 if 200 <= self.status < 400 else 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; a repeated header's values joined with ``", "``."""
+        out: dict[str, str] = {}
+        for name, value in self.response.headers:
+            key = name.lower()
+            out[key] = f"{out[key]}, {value}" if key in out else value
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"request", "status", "headers", "body"|"body_base64"}`` (docs/contract.md)."""
+        stamp = "timestamp" if self.request.timestamp is not None else "nonce"
+        req = {"method": self.request.method, "url": self.request.url,
+               stamp: self.request.timestamp or self.request.nonce}  # fmt: skip
+        doc: dict[str, Any] = {"request": req, "status": self.status, "headers": self.headers}
+        body = self.response.body
+        ctype = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            textual = body.decode("utf-8")
+        except UnicodeDecodeError:
+            doc["body_base64"] = base64.b64encode(body).decode("ascii")
+            return doc
+        if ctype == "application/json" or ctype.endswith("+json"):
+            try:
+                doc["body"] = json.loads(textual)
+                return doc
+            except (ValueError, RecursionError):
+                pass  # the server said JSON and sent something else: show it as it is
+        doc["body"] = textual
+        return doc
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Signs and sends requests: one signer (with the API key), one curl, fixed options."""
+
+    signer: Signer
+    curl: Curl
+    timeout: float
+    cacert: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    tmpdir: str | None = None
+    base: ApiBase | None = None
+
+    def target(self, url: str) -> str:
+        return target_url(url, self.base)
+
+    def http_request(self, signed: SignedRequest, body: bytes | None) -> HttpRequest:
+        """The headers in order: auth, ``--header``, then Content-Type and an empty Expect."""
+        headers = list(signed.headers.items()) + list(self.headers)
+        if body is not None:
+            if not any(n.lower() == "content-type" for n, _ in self.headers):
+                headers.append(("Content-Type", "application/json" if is_json(body) else ""))
+            headers.append(("Expect", ""))
+        return HttpRequest(signed.method, signed.url, tuple(headers), body)
+
+    def explain(self, signed: SignedRequest, body: bytes, cmd: CurlCommand | None) -> Explanation:
+        return explain_request(self.signer, signed, body, cmd)
+
+    def send(
+        self,
+        url: str,
+        body: bytes | None = None,
+        *,
+        method: str | None = None,
+        timestamp: str | None = None,
+        nonce: str | None = None,
+        body_file: str | None = None,
+        explain: Callable[[Explanation], None] | None = None,
+    ) -> SendResult:
+        """Sign ``url`` (+ ``body``) now and send it; any HTTP status is a result.
+
+        Raises :class:`NoAnswerError` (exit 6) when no answer came, :class:`CurlError` or
+        :class:`OpenSSLError` (exit 3) when a tool fails, :class:`BadInputError` (exit 1).
+        """
+        signed = sign_for_sending(
+            self.signer, self.base, url, body, method=method, timestamp=timestamp, nonce=nonce,
+            body_file=body_file,
+        )  # fmt: skip
+        return self.deliver(signed, body, explain=explain)
+
+    def deliver(
+        self,
+        signed: SignedRequest,
+        body: bytes | None,
+        *,
+        explain: Callable[[Explanation], None] | None = None,
+    ) -> SendResult:
+        """Send a request that :func:`sign_for_sending` has just signed, with ``body``."""
+        request = self.http_request(signed, body)
+
+        def before(cmd: CurlCommand) -> None:
+            if explain is not None:
+                explain(self.explain(signed, body or b"", cmd))
+
+        response = perform(
+            self.curl, request, timeout=self.timeout, cacert=self.cacert, tmpdir=self.tmpdir,
+            before=before,
+        )  # fmt: skip
+        return SendResult(signed, response, time.time())
+
+
+def redact(value: str, secret: str | None) -> str:
+    """``value`` with the API key replaced by ``<redacted>``."""
+    return value.replace(secret, "<redacted>") if secret else value
+
+
+@dataclass(frozen=True)
+class AuthDiagnosis:
+    """Why a 401 ``errPartnerAuth`` may have happened, from what can be checked locally."""
+
+    reason: str | None  # the server's ``detail.reason`` when it gives one
+    public_path: str
+    fingerprint: str | None
+    fingerprint_error: str | None
+    skew: float | None  # server clock minus ours, seconds (from the ``Date`` header)
+    server_date: str | None
+    key_id: str | None
+    apikey_source: str
+
+
+def diagnose_auth(
+    result: SendResult, public_path: str, apikey_source: str
+) -> AuthDiagnosis | None:
+    """A diagnosis for a 401 whose body says ``errPartnerAuth``; None for anything else."""
+    if result.status != 401 or b"errPartnerAuth" not in result.response.body:
+        return None
+    reason = None
+    try:
+        detail = json.loads(result.response.body.decode("utf-8")).get("detail")
+        reason = str(detail.get("reason")) if isinstance(detail, dict) else None
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+        pass
+    fp, fp_error = None, None
+    try:
+        fp = fingerprint(read_bounded(public_path, what="public key"))
+    except BadInputError as exc:
+        fp_error = str(exc)
+    from email.utils import parsedate_to_datetime  # here: ~10 ms, needed only after a 401
+
+    date = result.headers.get("date")
+    skew = None
+    try:
+        if date:
+            skew = parsedate_to_datetime(date).timestamp() - result.received_at
+    except (TypeError, ValueError, IndexError):
+        skew = None
+    key_id = None
+    if result.request.apikey:
+        try:
+            key_id = validate_apikey(result.request.apikey).key_id
+        except BadInputError:
+            key_id = None
+    return AuthDiagnosis(reason, public_path, fp, fp_error, skew, date, key_id, apikey_source)
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One batch line's outcome: a response, or the error that stopped it."""
+
+    line: int
+    result: SendResult | None
+    error: QredoOpenSSLError | None = field(default=None)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        assert self.result is not None
+        return self.result.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        if self.result is not None:
+            return {"line": self.line, **self.result.to_json()}
+        assert self.error is not None
+        return {"line": self.line,
+                "error": {"code": self.error.exit_code, "message": str(self.error)}}  # fmt: skip
+
+
+def send_batch(
+    sender: Sender,
+    lines: Iterable[tuple[int, bytes]],
+    *,
+    jobs: int | None = 1,
+    on_item: Callable[[SendItem], None] | None = None,
+) -> list[SendItem]:
+    """Send JSON Lines requests (as ``sign --batch`` reads them), in input order.
+
+    Each is signed right before it is sent; ``jobs`` (default 1) run at once. A bad line is
+    an item with its error and never stops the others.
+    """
+    import threading
+
+    from ._batch import _at_line, parse_batch_line
+    from ._request import read_body
+    from ._run import map_in_threads
+
+    stop = threading.Event()
+
+    def one(numbered: tuple[int, bytes]) -> SendItem:
+        line, raw = numbered
+        if stop.is_set():
+            return SendItem(line, None, QredoOpenSSLError(f"line {line}: cancelled"))
+        try:
+            req = parse_batch_line(line, raw)
+            body = req.body
+            if req.body_file is not None:
+                if req.body_file == "-":
+                    msg = "'body_file' cannot be standard input in a batch"
+                    raise BadInputError(msg)
+                body = read_body(req.body_file)
+            result = sender.send(
+                req.url, body, method=req.method, timestamp=req.timestamp, nonce=req.nonce,
+                body_file=req.body_file,
+            )  # fmt: skip
+        except QredoOpenSSLError as exc:
+            return SendItem(line, None, _at_line(line, exc))
+        return SendItem(line, result)
+
+    return map_in_threads(one, list(lines), jobs=jobs or 1, stop=stop, on_result=on_item)
