@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ._defaults import DEFAULT_TIMEOUT
-from ._errors import CurlError, NoAnswerError
+from ._errors import BadInputError, CurlError, NoAnswerError
 from ._files import private_tempdir
 from ._run import Completed, find_tool, headline, run, text, tool_source
 
@@ -123,8 +123,8 @@ def config_quote(value: str) -> str:
     refuse them before they get here.
     """
     if "\n" in value or "\r" in value:
-        msg = "a line break cannot go into a curl config value"
-        raise ValueError(msg)
+        msg = "a line break cannot go into a curl config value (a header or URL holds one)"
+        raise BadInputError(msg)
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
