@@ -8,9 +8,10 @@ child's argv.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from ._errors import BadInputError, OpenSSLError
 from ._files import KeyPaths, private_tempdir
 from ._openssl import OpenSSL
 from ._pem import READ_LIMIT, PemBlock, frame_pem, read_bounded
+from ._pkcs11 import Pkcs11Options, has_token_key, token_signing_key
 from ._request import (
     build_payload,
     check_method,
@@ -115,11 +117,16 @@ class SigningKey:
 
     ``args`` are the ``openssl dgst`` options that name the key, ending in ``-sign KEY``;
     ``env`` holds what they refer to by name (a PIN for ``-passin env:VAR``), never argv.
+    ``guard`` (a token key's) is entered around each signature: one login at a time, and a
+    failure said in words.
     """
 
     name: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    guard: Callable[[], contextlib.AbstractContextManager[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def pem(cls, path: str) -> SigningKey:
@@ -127,6 +134,14 @@ class SigningKey:
         check_signing_key(path)
         # An absolute path: a key named "-x" cannot be read as an option, and cwd cannot matter.
         return cls(path, ("-sign", os.path.abspath(path)))
+
+    @classmethod
+    def token(
+        cls, paths: KeyPaths, openssl: OpenSSL, options: Pkcs11Options | None = None
+    ) -> SigningKey:
+        """The key in a PKCS#11 token that ``paths.dir``/private.uri names."""
+        name, args, env, token, uri = token_signing_key(paths, openssl, options)
+        return cls(name, args, env, lambda: token.guard(f"signing with {name}", uri))
 
 
 @dataclass(frozen=True)
@@ -143,9 +158,18 @@ class Signer:
     apikey_path: str | None = None
 
     @classmethod
-    def from_paths(cls, paths: KeyPaths, openssl: OpenSSL) -> Signer:
-        """Check ``paths.private`` and read ``paths.apikey`` (optional: None when absent)."""
-        return cls(openssl, SigningKey.pem(paths.private), load_apikey(paths.apikey), paths.apikey)
+    def from_paths(
+        cls, paths: KeyPaths, openssl: OpenSSL, *, pkcs11: Pkcs11Options | None = None
+    ) -> Signer:
+        """Check the private key and read ``paths.apikey`` (optional: None when absent).
+
+        The key is the token key when ``DIR/private.uri`` exists, else ``paths.private``.
+        """
+        if has_token_key(paths):
+            key = SigningKey.token(paths, openssl, pkcs11)
+        else:
+            key = SigningKey.pem(paths.private)
+        return cls(openssl, key, load_apikey(paths.apikey), paths.apikey)
 
     @property
     def private(self) -> str:
@@ -155,7 +179,8 @@ class Signer:
     def signature(self, payload: bytes) -> bytes:
         """The raw RSA PKCS#1 v1.5 SHA-256 signature of ``payload`` (via stdin, never argv)."""
         k = self.key
-        out = self.openssl.run("dgst", "-sha256", *k.args, stdin=payload, extra_env=k.env)
+        with k.guard() if k.guard is not None else contextlib.nullcontext():
+            out = self.openssl.run("dgst", "-sha256", *k.args, stdin=payload, extra_env=k.env)
         if not out.stdout:
             msg = "openssl dgst -sign printed no signature"
             raise OpenSSLError(msg, argv=out.argv, returncode=out.returncode)

@@ -12,7 +12,7 @@ import qredo_openssl as q
 from .._errors import UsageError
 from .._request import read_body
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths
+from ._base import Command, error_doc, get_openssl, key_paths, pkcs11_config, pkcs11_options
 
 if TYPE_CHECKING:
     from .._batch import BatchItem
@@ -32,6 +32,7 @@ def register(command: Command) -> None:
     )  # fmt: skip
     p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
+    pkcs11_options(p)
 
     p = command("verify", "verify an x-sign signature as the Qredo server does", cmd_verify)
     p.add_argument("--url", required=True, help="the request URL, exactly as it was sent")
@@ -80,7 +81,9 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("sign: give --url URL (or --batch FILE)")
     fmt = "json" if out.json_mode else (args.format or "headers")
     body = read_body(args.body) if args.body is not None else b""
-    signer = q.Signer.from_paths(key_paths(args, args.dir), get_openssl(args))
+    signer = q.Signer.from_paths(
+        key_paths(args, args.dir), get_openssl(args), pkcs11=pkcs11_config(args)
+    )
     signed = signer.sign(
         args.url, body, method=args.method, timestamp=args.timestamp, nonce=args.nonce,
         body_file=args.body,
@@ -112,7 +115,9 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     lines = read_batch(args.batch)
-    signer = q.Signer.from_paths(key_paths(args, args.dir), get_openssl(args))
+    signer = q.Signer.from_paths(
+        key_paths(args, args.dir), get_openssl(args), pkcs11=pkcs11_config(args)
+    )
     _warn_no_apikey(signer, out)
 
     def show(item: BatchItem) -> None:

@@ -1,0 +1,332 @@
+"""Reaching a key inside a PKCS#11 token through the system OpenSSL and OpenSC's pkcs11-tool.
+
+Which module, which ``pkcs11-tool``, which PIN, which route (the pkcs11 engine, or the
+pkcs11 provider), and what a failure means. The PIN never reaches an argv: OpenSSL reads
+it with ``-passin env:VAR`` and pkcs11-tool with ``--pin env:VAR``, the variable set for
+that child only. Without ``-passin`` the engine would read the PIN from stdin, which here
+is the payload: every engine command gets it, public-key ones too.
+
+Token operations that log in are serialized within the process: SoftHSM rewrites its
+token files at every login, and parallel logins to one token fail at random.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._errors import BadInputError, ToolError
+from ._files import KeyPaths
+from ._openssl import OpenSSL
+from ._pem import read_bounded
+from ._pkcs11_uri import Pkcs11Uri, read_uri_file
+from ._run import Completed, find_tool, run, text, tool_source
+
+Route = Literal["engine", "provider"]
+ROUTES: tuple[Route, ...] = ("engine", "provider")
+URI_NAME = "private.uri"
+PIN_ENV = "QREDO_PKCS11_PIN"
+MODULE_ENV = "QREDO_PKCS11_MODULE"
+TOOL_ENV = "QREDO_PKCS11_TOOL"
+PIN_LIMIT = 256
+P11KIT_PROXY = (
+    "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so",
+    "/usr/lib/*/p11-kit-proxy.so",
+    "/usr/lib64/p11-kit-proxy.so",
+    "/usr/lib/p11-kit-proxy.so",
+    "/usr/local/lib/p11-kit-proxy.so",
+    "/opt/homebrew/lib/p11-kit-proxy.so",
+)
+_TOKEN_LOCK = threading.Lock()
+
+
+class TokenError(ToolError):
+    """A token operation failed: wrong PIN, no such token or key, module or engine missing."""
+
+
+@dataclass(frozen=True)
+class Pkcs11Options:
+    """What the caller chose; anything None is found (module, tool, route) or absent (PIN)."""
+
+    module: str | None = None
+    tool: str | None = None
+    route: Route | None = None
+    pin_file: str | None = None
+
+
+def uri_file(paths: KeyPaths) -> str:
+    """Where a directory names its token key."""
+    return os.path.join(paths.dir, URI_NAME)
+
+
+def has_token_key(paths: KeyPaths) -> bool:
+    return os.path.lexists(uri_file(paths))
+
+
+def both_sources(paths: KeyPaths) -> str | None:
+    """Why a directory with both ``private.pem`` and ``private.uri`` is refused, or None."""
+    if has_token_key(paths) and os.path.lexists(paths.private):
+        return (
+            f"both {paths.private} and {uri_file(paths)} name a private key; keep one "
+            "(the token key: remove the PEM file; the file: remove private.uri)"
+        )
+    return None
+
+
+def find_module(
+    explicit: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """The PKCS#11 module and where it came from: flag, ``$QREDO_PKCS11_MODULE``, p11-kit."""
+    environ = os.environ if environ is None else environ
+    given, source = (explicit, "--pkcs11-module") if explicit else (None, "")
+    if given is None and environ.get(MODULE_ENV):
+        given, source = environ[MODULE_ENV], MODULE_ENV
+    if given is not None:
+        if not os.path.isfile(given):
+            msg = f"PKCS#11 module {given} (from {source}) is not a file"
+            raise TokenError(msg)
+        return os.path.abspath(given), source
+    for pattern in P11KIT_PROXY:
+        for found in sorted(glob.glob(pattern)):
+            if os.path.isfile(found):
+                return found, "p11-kit proxy"
+    msg = f"no PKCS#11 module: the p11-kit proxy is not installed; set {MODULE_ENV}"
+    raise TokenError(msg)
+
+
+def read_pin(options: Pkcs11Options, environ: Mapping[str, str] | None = None) -> str | None:
+    """The PIN from the PIN file (first line), else ``$QREDO_PKCS11_PIN``, else None."""
+    environ = os.environ if environ is None else environ
+    if options.pin_file is not None:
+        data = read_bounded(options.pin_file, PIN_LIMIT, what="PIN file")
+        if len(data) > PIN_LIMIT:
+            msg = f"PIN file {options.pin_file} is over {PIN_LIMIT} bytes"
+            raise BadInputError(msg)
+        pin = data.decode("utf-8", "replace").splitlines()[0] if data.strip() else ""
+        if not pin:
+            msg = f"PIN file {options.pin_file} is empty"
+            raise BadInputError(msg)
+        return pin
+    return environ.get(PIN_ENV) or None
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """How OpenSSL reaches the token, and why (``doctor`` shows it)."""
+
+    route: Route
+    reason: str
+
+
+def decide_route(openssl: OpenSSL, explicit: Route | None = None) -> RouteDecision:
+    """The engine when this OpenSSL has it (one ``openssl engine pkcs11 -t``), else the provider.
+
+    LibreSSL has neither engines nor providers for PKCS#11: a :class:`TokenError` (exit 3).
+    """
+    v = openssl.version
+    if v.flavour == "LibreSSL":
+        msg = f"LibreSSL {v.number} cannot use PKCS#11 tokens (no pkcs11 engine or provider); "
+        msg += "use OpenSSL 1.1.1 or later"
+        raise TokenError(msg)
+    if explicit is not None:
+        return RouteDecision(explicit, "chosen")
+    if v.flavour == "OpenSSL" and v.major is not None and v.major >= 4:
+        return RouteDecision("provider", f"OpenSSL {v.number} has no engines")
+    out = openssl.run("engine", "pkcs11", "-t", ok_codes=range(256))
+    if out.returncode == 0 and b"[ available ]" in out.stdout:
+        return RouteDecision("engine", "OpenSSL has the pkcs11 engine")
+    return RouteDecision("provider", "OpenSSL has no pkcs11 engine")
+
+
+# What a token failure means, checked in this order against the tools' stderr. The engine
+# crashes at exit after most of these (SoftHSM and libp11 with OpenSSL 3.0: exit 139).
+_REASONS: tuple[tuple[str, str], ...] = (
+    (r"PIN incorrect|CKR_PIN_INCORRECT", "wrong PIN for {token}"),
+    (r"PIN locked|CKR_PIN_LOCKED", "the PIN of {token} is locked"),
+    (r"No environment variable|No PIN code was entered|util_getpass", "no PIN given for {token}"),
+    (r"Multiple matching slots", "more than one token matches {token}"),
+    (r"No matching initialized token|No slot with token named", "no token matches {token}"),
+    (r"not found at:|object not found", "no key {key} in {token}"),
+    (
+        r"Invalid engine|no such engine",
+        "OpenSSL has no pkcs11 engine (Debian: apt-get install libengine-pkcs11-openssl)",
+    ),
+    (r"unable to load provider|name=pkcs11", "OpenSSL has no pkcs11 provider (pkcs11-provider)"),
+    (
+        r"Unable to load module|Failed to load pkcs11 module|dlopen failed",
+        "the PKCS#11 module {module} cannot be loaded",
+    ),
+    (r"Failed to enumerate slots|General Error", "the module failed to list its tokens"),
+)
+
+
+def explain(stderr: str, uri: Pkcs11Uri | None, module: str) -> str | None:
+    """What went wrong in words, from a tool's stderr; None when it is none of the known cases."""
+    token = f"token {uri.token!r}" if uri is not None and uri.token else "the token"
+    key = "with that label or id"
+    if uri is not None:
+        key = repr(uri.object) if uri.object is not None else f"with id {uri.id_hex}"
+    for pattern, reason in _REASONS:
+        if re.search(pattern, stderr):
+            return reason.format(token=token, key=key, module=module)
+    return None
+
+
+def _token_error(exc: ToolError, what: str, uri: Pkcs11Uri | None, module: str) -> TokenError:
+    why = explain(exc.stderr, uri, module)
+    if why is None:
+        return TokenError(
+            f"{what} failed: {exc}",
+            argv=exc.argv,
+            returncode=exc.returncode,
+            stderr=exc.stderr,
+            timed_out=exc.timed_out,
+        )
+    return TokenError(
+        f"{what} failed: {why}", argv=exc.argv, returncode=exc.returncode, stderr=exc.stderr
+    )
+
+
+@dataclass(frozen=True)
+class Token:
+    """How to reach keys in PKCS#11 tokens: OpenSSL, its route, the module, the PIN."""
+
+    openssl: OpenSSL
+    route: RouteDecision
+    module: str
+    module_source: str
+    pin: str | None = field(default=None, repr=False)
+    tool_explicit: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables for a child: the module for the route, and the PIN (maybe empty)."""
+        var = "PKCS11_MODULE_PATH" if self.route.route == "engine" else "PKCS11_PROVIDER_MODULE"
+        return {var: self.module, PIN_ENV: self.pin or ""}
+
+    def require_pin(self, uri: Pkcs11Uri) -> None:
+        if self.pin is None:
+            msg = f"no PIN for token {uri.token!r}: set {PIN_ENV} or give a PIN file"
+            raise BadInputError(msg)
+
+    def key_args(self, uri: Pkcs11Uri, kind: Literal["private", "public"]) -> tuple[str, ...]:
+        """The OpenSSL options that load the key: engine or provider, ``-passin``, no key name."""
+        passin = ("-passin", f"env:{PIN_ENV}")
+        if self.route.route == "engine":
+            form = "-keyform" if kind == "private" else "-inform"
+            return ("-engine", "pkcs11", form, "engine", *passin)
+        return ("-provider", "pkcs11", "-provider", "default", *passin)
+
+    def dgst_args(self, uri: Pkcs11Uri) -> tuple[str, ...]:
+        """``openssl dgst`` options ending in ``-sign URI``."""
+        return (*self.key_args(uri, "private"), "-sign", str(uri.with_type("private")))
+
+    @contextlib.contextmanager
+    def guard(self, what: str, uri: Pkcs11Uri | None) -> Iterator[None]:
+        """One token operation at a time; a failure becomes a :class:`TokenError` in words."""
+        with _TOKEN_LOCK:
+            try:
+                yield
+            except TokenError:
+                raise
+            except ToolError as exc:
+                raise _token_error(exc, what, uri, self.module) from None
+
+    def openssl_run(self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"") -> Completed:
+        with self.guard(what, uri):
+            return self.openssl.run(*args, stdin=stdin, extra_env=self.env)
+
+    def tool(self) -> str:
+        return find_tool(
+            "pkcs11-tool",
+            "--pkcs11-tool",
+            TOOL_ENV,
+            self.tool_explicit,
+            error=TokenError,
+            label="pkcs11-tool (OpenSC)",
+        )
+
+    def tool_run(
+        self, what: str, uri: Pkcs11Uri | None, args: Sequence[str], *, login: bool = False
+    ) -> Completed:
+        """``pkcs11-tool --module M [--token-label T] ARGS``; ``login`` adds ``--pin env:VAR``."""
+        argv = ["--module", self.module]
+        if uri is not None and uri.token is not None:
+            argv += ["--token-label", uri.token]
+        if login:
+            assert uri is not None
+            self.require_pin(uri)
+            argv += ["--login", "--pin", f"env:{PIN_ENV}"]
+        with self.guard(what, uri):
+            # Empty stdin: with the PIN variable unset it would prompt, and fail, not hang.
+            return run(
+                self.tool(),
+                [*argv, *args],
+                tool="pkcs11-tool",
+                error=TokenError,
+                timeout=self.openssl.timeout,
+                extra_env=self.env,
+            )
+
+    def public_pem(self, uri: Pkcs11Uri) -> bytes:
+        """The key's public half as PEM, exported by OpenSSL (``pkey -pubin ... -pubout``)."""
+        args = (
+            "pkey",
+            *self.key_args(uri, "public"),
+            "-pubin",
+            "-in",
+            str(uri.with_type("public")),
+            "-pubout",
+        )
+        out = self.openssl_run(f"exporting the public key of {uri}", uri, *args)
+        if b"-----BEGIN PUBLIC KEY-----" not in out.stdout:
+            msg = f"openssl pkey printed no public key for {uri}"
+            raise TokenError(msg, argv=out.argv, stderr=text(out.stderr))
+        return out.stdout
+
+    def sign(self, uri: Pkcs11Uri, data: bytes) -> bytes:
+        """An RSA PKCS#1 v1.5 SHA-256 signature of ``data`` made inside the token."""
+        self.require_pin(uri)
+        out = self.openssl_run(
+            f"signing with {uri}", uri, "dgst", "-sha256", *self.dgst_args(uri), stdin=data
+        )
+        if not out.stdout:
+            msg = f"openssl dgst printed no signature for {uri}"
+            raise TokenError(msg, argv=out.argv, stderr=text(out.stderr))
+        return out.stdout
+
+
+def open_token(
+    openssl: OpenSSL, options: Pkcs11Options | None = None, environ: Mapping[str, str] | None = None
+) -> Token:
+    """Decide route, module and PIN once per command."""
+    options = options or Pkcs11Options()
+    route = decide_route(openssl, options.route)
+    module, source = find_module(options.module, environ)
+    return Token(openssl, route, module, source, read_pin(options, environ), options.tool)
+
+
+def tool_origin(options: Pkcs11Options | None) -> str:
+    return tool_source("--pkcs11-tool", TOOL_ENV, (options or Pkcs11Options()).tool)
+
+
+def token_signing_key(
+    paths: KeyPaths, openssl: OpenSSL, options: Pkcs11Options | None = None
+) -> tuple[str, tuple[str, ...], dict[str, str], Token, Pkcs11Uri]:
+    """What a ``SigningKey`` for the token key of ``paths`` needs: name, args, env, token, URI.
+
+    Refuses (exit 1) a directory with both key sources and a missing PIN.
+    """
+    reason = both_sources(paths)
+    if reason is not None:
+        raise BadInputError(reason)
+    uri = read_uri_file(uri_file(paths))
+    token = open_token(openssl, options)
+    token.require_pin(uri)
+    return str(uri), token.dgst_args(uri), token.env, token, uri
