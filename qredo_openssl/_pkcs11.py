@@ -269,7 +269,7 @@ class Token:
                 self.tool(),
                 [*argv, *args],
                 tool="pkcs11-tool",
-                error=TokenError,
+                error=ToolError,  # the guard says what it means
                 timeout=self.openssl.timeout,
                 extra_env=self.env,
             )

@@ -30,6 +30,7 @@ from qredo_openssl._pkcs11_uri import Pkcs11Uri, parse_key_uri, parse_uri
 URL = "https://api.qredo.network/api/v1/p/company"
 STAMP = "1700000000"
 LABEL = "qredo-key"
+P11KIT = Path("/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so")
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +214,31 @@ def test_missing_object_or_token(hsm, tmp_path, uri, says):
     assert r.returncode == 1
     found = {f["name"]: f for f in json.loads(r.stdout)}
     assert found["private.exists"]["status"] == "fail"
+
+
+def test_module_that_cannot_be_loaded(hsm, tokendir, tmp_path):
+    bogus = tmp_path / "bogus.so"
+    bogus.write_bytes(b"not an ELF file")
+    for command in (["sign", "--url", URL], ["pubkey", "--force"]):
+        r = run_cli(*command, str(tokendir), "--pkcs11-module", str(bogus), env=hsm.env)
+        assert r.returncode == 3
+        assert f"the PKCS#11 module {bogus} cannot be loaded" in r.stderr
+    r = run_cli("--json", "check", str(tokendir), "--pkcs11-module", str(bogus), env=hsm.env)
+    found = {f["name"]: f for f in json.loads(r.stdout)}
+    assert "cannot be loaded" in found["private.exists"]["message"]
+    r = run_cli("sign", str(tokendir), "--url", URL, "--pkcs11-module", str(tmp_path / "none"))
+    assert r.returncode == 3
+    assert "is not a file" in r.stderr
+
+
+@pytest.mark.skipif(not P11KIT.exists(), reason="no p11-kit proxy module here")
+def test_default_module_is_the_p11_kit_proxy(hsm, tokendir):
+    env = {k: v for k, v in hsm.env.items() if k != "QREDO_PKCS11_MODULE"}
+    r = run_cli("--json", "doctor", str(tokendir), env=env)
+    assert json.loads(r.stdout)["pkcs11"]["module_source"] == "p11-kit proxy"
+    r = run_cli("sign", str(tokendir), "--url", URL, "--timestamp", STAMP, env=env)
+    assert r.returncode == 0, r.stderr
+    verify(tokendir / "public.pem", x_sign(r.stdout), (STAMP + URL).encode())
 
 
 def test_existing_object_is_never_replaced(hsm, tokendir, tmp_path):
