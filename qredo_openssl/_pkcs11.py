@@ -173,7 +173,7 @@ def explain(stderr: str, uri: Pkcs11Uri | None, module: str) -> str | None:
     if uri is not None:
         key = repr(uri.object) if uri.object is not None else f"with id {uri.id_hex}"
     for pattern, reason in _REASONS:
-        if re.search(pattern, stderr):
+        if re.search(pattern, stderr, re.IGNORECASE):
             return reason.format(token=token, key=key, module=module)
     return None
 

@@ -265,7 +265,11 @@ def generate_token_key(
     if uri.id is None:
         uri = Pkcs11Uri((*uri.path, ("id", secrets.token_bytes(8))), uri.query)
     name = uri_file(paths)
-    refuse_existing([paths.private, name, paths.public])
+    taken_files = [p for p in (paths.private, name, paths.public) if os.path.lexists(p)]
+    if taken_files:
+        msg = f"{', '.join(taken_files)} already there; refusing to overwrite (move it away, "
+        msg += "or use another directory)"
+        raise RefusedOverwriteError(msg)
     token = open_token(openssl, options)
     token.require_pin(uri)
     slots = token.tool_run("listing tokens", None, ["--list-token-slots"]).stdout.decode()

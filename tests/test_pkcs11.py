@@ -251,6 +251,22 @@ def test_existing_object_is_never_replaced(hsm, tokendir, tmp_path):
     assert not (tmp_path / "k" / "private.uri").exists()
 
 
+def test_keygen_json_with_an_id_then_existing_files_refused(hsm, tmp_path):
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=json-key;id=%42"
+    r = run_cli("--json", "keygen", "--pkcs11", uri, "--bits", "3072", str(d), env=hsm.env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["uri"] == uri
+    assert doc["bits"] == 3072
+    assert uri_of(d) == uri
+    assert {c["name"]: c["status"] for c in doc["checks"]}["private.bits"] == "warn"
+    other = f"pkcs11:token={hsm.token};object=other-key"
+    r = run_cli("keygen", "--pkcs11", other, str(d), env=hsm.env)
+    assert r.returncode == 4
+    assert "other-key" not in hsm.objects()  # refused before anything was made
+
+
 def test_doctor_names_route_module_and_token(hsm, tokendir):
     r = run_cli("--json", "doctor", str(tokendir), env=hsm.env)
     assert r.returncode == 0, r.stderr
