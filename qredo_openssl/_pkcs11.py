@@ -166,6 +166,9 @@ _REASONS: tuple[tuple[str, str], ...] = (
 )
 
 
+_PIN_REFUSED_RE = re.compile(r"PIN incorrect|CKR_PIN_INCORRECT|PIN locked|CKR_PIN_LOCKED", re.I)
+
+
 def explain(stderr: str, uri: Pkcs11Uri | None, module: str) -> str | None:
     """What went wrong in words, from a tool's stderr; None when it is none of the known cases."""
     token = f"token {uri.token!r}" if uri is not None and uri.token else "the token"
@@ -203,6 +206,7 @@ class Token:
     module_source: str
     pin: str | None = field(default=None, repr=False)
     tool_explicit: str | None = None
+    _pin_refused: list[TokenError] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -231,12 +235,19 @@ class Token:
     def guard(self, what: str, uri: Pkcs11Uri | None) -> Iterator[None]:
         """One token operation at a time; a failure becomes a :class:`TokenError` in words."""
         with _TOKEN_LOCK:
+            if self._pin_refused:
+                # A token may lock after 3 wrong PINs: after one, never try it again.
+                first = self._pin_refused[0]
+                raise TokenError(str(first), argv=first.argv, returncode=first.returncode)
             try:
                 yield
             except TokenError:
                 raise
             except ToolError as exc:
-                raise _token_error(exc, what, uri, self.module) from None
+                error = _token_error(exc, what, uri, self.module)
+                if _PIN_REFUSED_RE.search(exc.stderr):
+                    self._pin_refused.append(error)
+                raise error from None
 
     def openssl_run(self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"") -> Completed:
         with self.guard(what, uri):

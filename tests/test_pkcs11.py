@@ -195,6 +195,21 @@ def test_wrong_pin_is_one_clean_line(hsm, tokendir):
     assert "signal" not in r.stderr
 
 
+def test_wrong_pin_is_tried_once_per_command(hsm, tokendir, tmp_path):
+    """A real token locks after a few wrong PINs: a batch must not try it for every line."""
+    assert REAL_OPENSSL
+    openssl, log = logging_wrapper(tmp_path / "bin", REAL_OPENSSL, "openssl")
+    lines = "".join(json.dumps({"url": f"{URL}/{i}"}) + "\n" for i in range(6))
+    (tmp_path / "batch.jsonl").write_text(lines)
+    env = dict(hsm.env, QREDO_PKCS11_PIN="wrong-pin")
+    r = run_cli("sign", str(tokendir), "--batch", str(tmp_path / "batch.jsonl"), "-j", "3",
+                "--openssl", str(openssl), env=env)  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.count("wrong PIN") == 6
+    assert [c for c in log.read_text().splitlines() if c.startswith("dgst")] != []
+    assert len([c for c in log.read_text().splitlines() if c.startswith("dgst")]) == 1
+
+
 @pytest.mark.parametrize(
     ("uri", "says"),
     [
