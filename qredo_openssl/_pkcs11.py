@@ -157,12 +157,17 @@ _REASONS: tuple[tuple[str, str], ...] = (
         r"Invalid engine|no such engine",
         "OpenSSL has no pkcs11 engine (Debian: apt-get install libengine-pkcs11-openssl)",
     ),
-    (r"unable to load provider|name=pkcs11", "OpenSSL has no pkcs11 provider (pkcs11-provider)"),
+    (
+        r"unable to load provider|name=pkcs11",
+        "OpenSSL has neither the pkcs11 engine nor the pkcs11 provider (Debian: apt-get "
+        "install libengine-pkcs11-openssl)",
+    ),
     (
         r"Unable to load module|Failed to load pkcs11 module|dlopen failed",
         "the PKCS#11 module {module} cannot be loaded",
     ),
-    (r"Failed to enumerate slots|General Error", "the module failed to list its tokens"),
+    (r"Failed to enumerate slots", "the module failed to list its tokens"),
+    (r"General Error", "the token reported a general error"),
 )
 
 
@@ -184,8 +189,16 @@ def explain(stderr: str, uri: Pkcs11Uri | None, module: str) -> str | None:
 def _token_error(exc: ToolError, what: str, uri: Pkcs11Uri | None, module: str) -> TokenError:
     why = explain(exc.stderr, uri, module)
     if why is None:
+        # Not a known case: the tool's own first words, without the engine's greeting.
+        said = [ln.strip() for ln in exc.stderr.splitlines() if ln.strip()]
+        said = [ln for ln in said if not ln.startswith('Engine "pkcs11" set')]
+        code = exc.returncode
+        how = "it crashed" if code is not None and code in (-11, 139) else f"exit {code}"
+        detail = f"{how}: {said[0]}" if said else str(exc)
+        if exc.timed_out or exc.returncode is None:
+            detail = str(exc)
         return TokenError(
-            f"{what} failed: {exc}",
+            f"{what} failed: {detail}",
             argv=exc.argv,
             returncode=exc.returncode,
             stderr=exc.stderr,

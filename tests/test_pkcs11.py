@@ -417,3 +417,15 @@ def test_uri_parser_only_ever_says_bad_input(text):
 )  # fmt: skip
 def test_failures_are_said_in_words(stderr, says):
     assert says in (explain(stderr, parse_key_uri("pkcs11:token=T;object=O"), "/m.so") or "")
+
+
+def test_unknown_failure_shows_the_tools_words_not_the_signal():
+    from qredo_openssl._errors import ToolError
+    from qredo_openssl._pkcs11 import _token_error
+
+    exc = ToolError("openssl dgst was killed by signal 11: Engine", returncode=-11,
+                    stderr='Engine "pkcs11" set.\nSomething odd happened\n')  # fmt: skip
+    error = _token_error(exc, "signing with pkcs11:token=T;object=O", None, "/m.so")
+    said = "signing with pkcs11:token=T;object=O failed: it crashed: Something odd happened"
+    assert str(error) == said
+    assert error.exit_code == 3
