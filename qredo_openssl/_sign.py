@@ -136,6 +136,15 @@ class SigningKey:
         return cls(path, ("-sign", os.path.abspath(path)))
 
     @classmethod
+    def from_paths(
+        cls, paths: KeyPaths, openssl: OpenSSL, pkcs11: Pkcs11Options | None = None
+    ) -> SigningKey:
+        """The token key when ``DIR/private.uri`` exists, else ``paths.private`` (checked)."""
+        if has_token_key(paths):
+            return cls.token(paths, openssl, pkcs11)
+        return cls.pem(paths.private)
+
+    @classmethod
     def token(
         cls, paths: KeyPaths, openssl: OpenSSL, options: Pkcs11Options | None = None
     ) -> SigningKey:
@@ -165,10 +174,7 @@ class Signer:
 
         The key is the token key when ``DIR/private.uri`` exists, else ``paths.private``.
         """
-        if has_token_key(paths):
-            key = SigningKey.token(paths, openssl, pkcs11)
-        else:
-            key = SigningKey.pem(paths.private)
+        key = SigningKey.from_paths(paths, openssl, pkcs11)
         return cls(openssl, key, load_apikey(paths.apikey), paths.apikey)
 
     @property
