@@ -37,6 +37,8 @@ _LAZY = {
     "derive_public": "_repair",
     "OpenSSL": "_openssl",
     "detect_openssl": "_openssl",
+    "Pkcs11Options": "_pkcs11",
+    "generate_token_key": "_pkcs11_keys",
     "SignedRequest": "_sign",
     "Signer": "_sign",
     "Verification": "_sign",
@@ -81,6 +83,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._keygen import plan_keygen as plan_keygen
     from ._openssl import OpenSSL as OpenSSL
     from ._openssl import detect_openssl as detect_openssl
+    from ._pkcs11 import Pkcs11Options as Pkcs11Options
+    from ._pkcs11_keys import generate_token_key as generate_token_key
     from ._repair import RepairResult as RepairResult
     from ._repair import convert_private as convert_private
     from ._repair import derive_public as derive_public
