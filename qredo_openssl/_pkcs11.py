@@ -12,12 +12,14 @@ token files at every login, and parallel logins to one token fail at random.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
-import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +27,7 @@ from ._errors import BadInputError, ToolError
 from ._files import KeyPaths
 from ._openssl import OpenSSL
 from ._pem import read_bounded
+from ._pkcs11_errors import PIN_REFUSED_RE, TokenError, token_error
 from ._pkcs11_uri import Pkcs11Uri, read_uri_file
 from ._run import Completed, find_tool, run, text, tool_source
 
@@ -44,10 +47,8 @@ P11KIT_PROXY = (
     "/opt/homebrew/lib/p11-kit-proxy.so",
 )
 _TOKEN_LOCK = threading.Lock()
-
-
-class TokenError(ToolError):
-    """A token operation failed: wrong PIN, no such token or key, module or engine missing."""
+_STATE_LOCK = threading.Lock()
+_CHILD_LOCKS: dict[str | None, tuple[str, str] | None] = {}
 
 
 @dataclass(frozen=True)
@@ -144,69 +145,35 @@ def decide_route(openssl: OpenSSL, explicit: Route | None = None) -> RouteDecisi
     return RouteDecision("provider", "OpenSSL has no pkcs11 engine")
 
 
-# What a token failure means, checked in this order against the tools' stderr. The engine
-# crashes at exit after most of these (SoftHSM and libp11 with OpenSSL 3.0: exit 139).
-_REASONS: tuple[tuple[str, str], ...] = (
-    (r"PIN incorrect|CKR_PIN_INCORRECT", "wrong PIN for {token}"),
-    (r"PIN locked|CKR_PIN_LOCKED", "the PIN of {token} is locked"),
-    (r"No environment variable|No PIN code was entered|util_getpass", "no PIN given for {token}"),
-    (r"Multiple matching slots", "more than one token matches {token}"),
-    (r"No matching initialized token|No slot with token named", "no token matches {token}"),
-    (r"not found at:|object not found", "no key {key} in {token}"),
-    (
-        r"Invalid engine|no such engine",
-        "OpenSSL has no pkcs11 engine (Debian: apt-get install libengine-pkcs11-openssl)",
-    ),
-    (
-        r"unable to load provider|name=pkcs11",
-        "OpenSSL has neither the pkcs11 engine nor the pkcs11 provider (Debian: apt-get "
-        "install libengine-pkcs11-openssl)",
-    ),
-    (
-        r"Unable to load module|Failed to load pkcs11 module|dlopen failed",
-        "the PKCS#11 module {module} cannot be loaded",
-    ),
-    (r"Failed to enumerate slots", "the module failed to list its tokens"),
-    (r"General Error", "the token reported a general error"),
-)
+def _child_lock() -> tuple[str, str] | None:
+    """``(flock, lock file)`` when ``flock -F`` (util-linux) works here, else None.
+
+    Made once per process (per ``flock`` found): a private lock file, removed at exit.
+    """
+    flock = shutil.which("flock")
+    with _STATE_LOCK:
+        if flock not in _CHILD_LOCKS:
+            _CHILD_LOCKS[flock] = _make_child_lock(flock)
+        return _CHILD_LOCKS[flock]
 
 
-_PIN_REFUSED_RE = re.compile(r"PIN incorrect|CKR_PIN_INCORRECT|PIN locked|CKR_PIN_LOCKED", re.I)
+def _make_child_lock(flock: str | None) -> tuple[str, str] | None:
+    true = shutil.which("true")
+    if flock is None or true is None:
+        return None
+    fd, path = tempfile.mkstemp(prefix="qredo-openssl-pkcs11-", suffix=".lock")
+    os.close(fd)
+    atexit.register(_remove, path)
+    try:  # -F (no fork: the lock is held by the command itself) is util-linux 2.27 and later
+        run(flock, ["-F", path, true], tool="flock", timeout=30)
+    except ToolError:
+        return None
+    return flock, path
 
 
-def explain(stderr: str, uri: Pkcs11Uri | None, module: str) -> str | None:
-    """What went wrong in words, from a tool's stderr; None when it is none of the known cases."""
-    token = f"token {uri.token!r}" if uri is not None and uri.token else "the token"
-    key = "with that label or id"
-    if uri is not None:
-        key = repr(uri.object) if uri.object is not None else f"with id {uri.id_hex}"
-    for pattern, reason in _REASONS:
-        if re.search(pattern, stderr, re.IGNORECASE):
-            return reason.format(token=token, key=key, module=module)
-    return None
-
-
-def _token_error(exc: ToolError, what: str, uri: Pkcs11Uri | None, module: str) -> TokenError:
-    why = explain(exc.stderr, uri, module)
-    if why is None:
-        # Not a known case: the tool's own first words, without the engine's greeting.
-        said = [ln.strip() for ln in exc.stderr.splitlines() if ln.strip()]
-        said = [ln for ln in said if not ln.startswith('Engine "pkcs11" set')]
-        code = exc.returncode
-        how = "it crashed" if code is not None and code in (-11, 139) else f"exit {code}"
-        detail = f"{how}: {said[0]}" if said else str(exc)
-        if exc.timed_out or exc.returncode is None:
-            detail = str(exc)
-        return TokenError(
-            f"{what} failed: {detail}",
-            argv=exc.argv,
-            returncode=exc.returncode,
-            stderr=exc.stderr,
-            timed_out=exc.timed_out,
-        )
-    return TokenError(
-        f"{what} failed: {why}", argv=exc.argv, returncode=exc.returncode, stderr=exc.stderr
-    )
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 @dataclass(frozen=True)
@@ -220,6 +187,7 @@ class Token:
     pin: str | None = field(default=None, repr=False)
     tool_explicit: str | None = None
     _pin_refused: list[TokenError] = field(default_factory=list, repr=False, compare=False)
+    _logged_in: list[bool] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -244,27 +212,61 @@ class Token:
         """``openssl dgst`` options ending in ``-sign URI``."""
         return (*self.key_args(uri, "private"), "-sign", str(uri.with_type("private")))
 
-    @contextlib.contextmanager
-    def guard(self, what: str, uri: Pkcs11Uri | None) -> Iterator[None]:
-        """One token operation at a time; a failure becomes a :class:`TokenError` in words."""
-        with _TOKEN_LOCK:
+    def _run(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        what: str,
+        uri: Pkcs11Uri | None,
+        tool: str,
+        login: bool,
+        stdin: bytes = b"",
+    ) -> Completed:
+        """Run one token child; any failure becomes a :class:`TokenError` in words.
+
+        Every child holds ``flock -F`` on a private lock file for its lifetime (util-linux;
+        without it, the process's lock is held around the whole run instead): one token child
+        at a time, while starting and reaping them overlaps (``sign --batch -j N``). Until a
+        login has worked, the process's lock is held too, so a wrong PIN is tried once (a
+        token may lock after three), and never again.
+        """
+        wrap = _child_lock()
+        path, argv = (
+            (program, list(args)) if wrap is None else (wrap[0], ["-F", wrap[1], program, *args])
+        )
+        serial = wrap is None or not self._logged_in
+        with _TOKEN_LOCK if serial else contextlib.nullcontext():
             if self._pin_refused:
-                # A token may lock after 3 wrong PINs: after one, never try it again.
                 first = self._pin_refused[0]
                 raise TokenError(str(first), argv=first.argv, returncode=first.returncode)
             try:
-                yield
+                out = run(
+                    path,
+                    argv,
+                    tool=tool,
+                    error=ToolError,
+                    stdin=stdin,
+                    timeout=self.openssl.timeout,
+                    extra_env=self.env,
+                )
             except TokenError:
                 raise
             except ToolError as exc:
-                error = _token_error(exc, what, uri, self.module)
-                if _PIN_REFUSED_RE.search(exc.stderr):
+                error = token_error(exc, what, uri, self.module)
+                if PIN_REFUSED_RE.search(exc.stderr):
                     self._pin_refused.append(error)
                 raise error from None
+        if login and not self._logged_in:
+            self._logged_in.append(True)
+        return out
 
-    def openssl_run(self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"") -> Completed:
-        with self.guard(what, uri):
-            return self.openssl.run(*args, stdin=stdin, extra_env=self.env)
+    def openssl_run(
+        self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"", login: bool = False
+    ) -> Completed:
+        return self._run(
+            self.openssl.path, args, what=what, uri=uri, tool="openssl", login=login, stdin=stdin
+        )
 
     def tool(self) -> str:
         return find_tool(
@@ -287,16 +289,10 @@ class Token:
             assert uri is not None
             self.require_pin(uri)
             argv += ["--login", "--pin", f"env:{PIN_ENV}"]
-        with self.guard(what, uri):
-            # Empty stdin: with the PIN variable unset it would prompt, and fail, not hang.
-            return run(
-                self.tool(),
-                [*argv, *args],
-                tool="pkcs11-tool",
-                error=ToolError,  # the guard says what it means
-                timeout=self.openssl.timeout,
-                extra_env=self.env,
-            )
+        # Empty stdin: with the PIN variable unset it would prompt, and fail, not hang.
+        return self._run(
+            self.tool(), [*argv, *args], what=what, uri=uri, tool="pkcs11-tool", login=login
+        )
 
     def public_pem(self, uri: Pkcs11Uri) -> bytes:
         """The key's public half as PEM, exported by OpenSSL (``pkey -pubin ... -pubout``)."""
@@ -318,7 +314,13 @@ class Token:
         """An RSA PKCS#1 v1.5 SHA-256 signature of ``data`` made inside the token."""
         self.require_pin(uri)
         out = self.openssl_run(
-            f"signing with {uri}", uri, "dgst", "-sha256", *self.dgst_args(uri), stdin=data
+            f"signing with {uri}",
+            uri,
+            "dgst",
+            "-sha256",
+            *self.dgst_args(uri),
+            stdin=data,
+            login=True,
         )
         if not out.stdout:
             msg = f"openssl dgst printed no signature for {uri}"

@@ -26,7 +26,8 @@ from ._files import (
 )
 from ._openssl import OpenSSL
 from ._pem import fingerprint, frame_pem
-from ._pkcs11 import PIN_ENV, Pkcs11Options, Token, TokenError, both_sources, open_token, uri_file
+from ._pkcs11 import PIN_ENV, Pkcs11Options, Token, both_sources, open_token, uri_file
+from ._pkcs11_errors import TokenError
 from ._pkcs11_uri import Pkcs11Uri, parse_key_uri, read_uri_file
 
 _HEADER_RE = re.compile(r"^(Private Key|Public Key|Certificate|Data|Secret Key) Object")

@@ -8,7 +8,6 @@ child's argv.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -117,16 +116,14 @@ class SigningKey:
 
     ``args`` are the ``openssl dgst`` options that name the key, ending in ``-sign KEY``;
     ``env`` holds what they refer to by name (a PIN for ``-passin env:VAR``), never argv.
-    ``guard`` (a token key's) is entered around each signature: one login at a time, and a
-    failure said in words.
+    ``run`` (a token key's) signs a payload itself: token logins are serialized, and a
+    failure is said in words.
     """
 
     name: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    guard: Callable[[], contextlib.AbstractContextManager[None]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    run: Callable[[bytes], bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def pem(cls, path: str) -> SigningKey:
@@ -150,7 +147,7 @@ class SigningKey:
     ) -> SigningKey:
         """The key in a PKCS#11 token that ``paths.dir``/private.uri names."""
         name, args, env, token, uri = token_signing_key(paths, openssl, options)
-        return cls(name, args, env, lambda: token.guard(f"signing with {name}", uri))
+        return cls(name, args, env, lambda payload: token.sign(uri, payload))
 
 
 @dataclass(frozen=True)
@@ -185,8 +182,9 @@ class Signer:
     def signature(self, payload: bytes) -> bytes:
         """The raw RSA PKCS#1 v1.5 SHA-256 signature of ``payload`` (via stdin, never argv)."""
         k = self.key
-        with k.guard() if k.guard is not None else contextlib.nullcontext():
-            out = self.openssl.run("dgst", "-sha256", *k.args, stdin=payload, extra_env=k.env)
+        if k.run is not None:
+            return k.run(payload)
+        out = self.openssl.run("dgst", "-sha256", *k.args, stdin=payload, extra_env=k.env)
         if not out.stdout:
             msg = "openssl dgst -sign printed no signature"
             raise OpenSSLError(msg, argv=out.argv, returncode=out.returncode)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from softhsm import PIN, PKCS11_TOOL, Hsm, logging_wrapper, make_hsm
 
 from qredo_openssl._errors import BadInputError
-from qredo_openssl._pkcs11 import explain
+from qredo_openssl._pkcs11_errors import explain
 from qredo_openssl._pkcs11_uri import Pkcs11Uri, parse_key_uri, parse_uri
 
 URL = "https://api.qredo.network/api/v1/p/company"
@@ -105,6 +105,23 @@ def test_sign_batch_j4_with_the_token_key_all_valid(hsm, tokendir, tmp_path):
         value = x["headers"]["x-sign"]
         sig = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         verify(tokendir / "public.pem", sig, (STAMP + req["url"] + req["body"]).encode())
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="no flock (util-linux) here")
+def test_token_children_hold_a_lock_for_their_lifetime(hsm, tokendir, tmp_path):
+    """Each token child runs under ``flock -F LOCK``: one at a time, whatever -j says."""
+    flock, log = logging_wrapper(tmp_path / "bin", str(shutil.which("flock")), "flock")
+    lines = "".join(json.dumps({"url": f"{URL}/{i}"}) + "\n" for i in range(8))
+    (tmp_path / "batch.jsonl").write_text(lines)
+    env = dict(hsm.env, PATH=f"{flock.parent}{os.pathsep}{os.environ['PATH']}")
+    r = run_cli("sign", str(tokendir), "--batch", str(tmp_path / "batch.jsonl"), "-j", "4",
+                env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    calls = [line.split("\t") for line in log.read_text().splitlines()]
+    signs = [c for c in calls if "dgst" in c]
+    assert len(signs) == 8
+    assert len({c[1] for c in calls}) == 1  # one lock file for the whole process
+    assert all(c[0] == "-F" for c in calls)
 
 
 def test_check_ok(hsm, tokendir):
@@ -421,11 +438,11 @@ def test_failures_are_said_in_words(stderr, says):
 
 def test_unknown_failure_shows_the_tools_words_not_the_signal():
     from qredo_openssl._errors import ToolError
-    from qredo_openssl._pkcs11 import _token_error
+    from qredo_openssl._pkcs11_errors import token_error
 
     exc = ToolError("openssl dgst was killed by signal 11: Engine", returncode=-11,
                     stderr='Engine "pkcs11" set.\nSomething odd happened\n')  # fmt: skip
-    error = _token_error(exc, "signing with pkcs11:token=T;object=O", None, "/m.so")
+    error = token_error(exc, "signing with pkcs11:token=T;object=O", None, "/m.so")
     said = "signing with pkcs11:token=T;object=O failed: it crashed: Something odd happened"
     assert str(error) == said
     assert error.exit_code == 3
