@@ -12,12 +12,8 @@ token files at every login, and parallel logins to one token fail at random.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import glob
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +43,6 @@ P11KIT_PROXY = (
     "/opt/homebrew/lib/p11-kit-proxy.so",
 )
 _TOKEN_LOCK = threading.Lock()
-_STATE_LOCK = threading.Lock()
-_CHILD_LOCKS: dict[str | None, tuple[str, str] | None] = {}
 
 
 @dataclass(frozen=True)
@@ -145,37 +139,6 @@ def decide_route(openssl: OpenSSL, explicit: Route | None = None) -> RouteDecisi
     return RouteDecision("provider", "OpenSSL has no pkcs11 engine")
 
 
-def _child_lock() -> tuple[str, str] | None:
-    """``(flock, lock file)`` when ``flock -F`` (util-linux) works here, else None.
-
-    Made once per process (per ``flock`` found): a private lock file, removed at exit.
-    """
-    flock = shutil.which("flock")
-    with _STATE_LOCK:
-        if flock not in _CHILD_LOCKS:
-            _CHILD_LOCKS[flock] = _make_child_lock(flock)
-        return _CHILD_LOCKS[flock]
-
-
-def _make_child_lock(flock: str | None) -> tuple[str, str] | None:
-    true = shutil.which("true")
-    if flock is None or true is None:
-        return None
-    fd, path = tempfile.mkstemp(prefix="qredo-openssl-pkcs11-", suffix=".lock")
-    os.close(fd)
-    atexit.register(_remove, path)
-    try:  # -F (no fork: the lock is held by the command itself) is util-linux 2.27 and later
-        run(flock, ["-F", path, true], tool="flock", timeout=30)
-    except ToolError:
-        return None
-    return flock, path
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
 @dataclass(frozen=True)
 class Token:
     """How to reach keys in PKCS#11 tokens: OpenSSL, its route, the module, the PIN."""
@@ -187,7 +150,6 @@ class Token:
     pin: str | None = field(default=None, repr=False)
     tool_explicit: str | None = None
     _pin_refused: list[TokenError] = field(default_factory=list, repr=False, compare=False)
-    _logged_in: list[bool] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -220,30 +182,22 @@ class Token:
         what: str,
         uri: Pkcs11Uri | None,
         tool: str,
-        login: bool,
         stdin: bytes = b"",
     ) -> Completed:
         """Run one token child; any failure becomes a :class:`TokenError` in words.
 
-        Every child holds ``flock -F`` on a private lock file for its lifetime (util-linux;
-        without it, the process's lock is held around the whole run instead): one token child
-        at a time, while starting and reaping them overlaps (``sign --batch -j N``). Until a
-        login has worked, the process's lock is held too, so a wrong PIN is tried once (a
-        token may lock after three), and never again.
+        One token child at a time in this process (SoftHSM2 rewrites its files at every
+        login; parallel logins fail at random). A wrong PIN is tried once, and never again:
+        a token may lock after three.
         """
-        wrap = _child_lock()
-        path, argv = (
-            (program, list(args)) if wrap is None else (wrap[0], ["-F", wrap[1], program, *args])
-        )
-        serial = wrap is None or not self._logged_in
-        with _TOKEN_LOCK if serial else contextlib.nullcontext():
+        with _TOKEN_LOCK:
             if self._pin_refused:
                 first = self._pin_refused[0]
                 raise TokenError(str(first), argv=first.argv, returncode=first.returncode)
             try:
                 out = run(
-                    path,
-                    argv,
+                    program,
+                    args,
                     tool=tool,
                     error=ToolError,
                     stdin=stdin,
@@ -257,16 +211,10 @@ class Token:
                 if PIN_REFUSED_RE.search(exc.stderr):
                     self._pin_refused.append(error)
                 raise error from None
-        if login and not self._logged_in:
-            self._logged_in.append(True)
         return out
 
-    def openssl_run(
-        self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"", login: bool = False
-    ) -> Completed:
-        return self._run(
-            self.openssl.path, args, what=what, uri=uri, tool="openssl", login=login, stdin=stdin
-        )
+    def openssl_run(self, what: str, uri: Pkcs11Uri, *args: str, stdin: bytes = b"") -> Completed:
+        return self._run(self.openssl.path, args, what=what, uri=uri, tool="openssl", stdin=stdin)
 
     def tool(self) -> str:
         return find_tool(
@@ -290,9 +238,7 @@ class Token:
             self.require_pin(uri)
             argv += ["--login", "--pin", f"env:{PIN_ENV}"]
         # Empty stdin: with the PIN variable unset it would prompt, and fail, not hang.
-        return self._run(
-            self.tool(), [*argv, *args], what=what, uri=uri, tool="pkcs11-tool", login=login
-        )
+        return self._run(self.tool(), [*argv, *args], what=what, uri=uri, tool="pkcs11-tool")
 
     def public_pem(self, uri: Pkcs11Uri) -> bytes:
         """The key's public half as PEM, exported by OpenSSL (``pkey -pubin ... -pubout``)."""
@@ -320,7 +266,6 @@ class Token:
             "-sha256",
             *self.dgst_args(uri),
             stdin=data,
-            login=True,
         )
         if not out.stdout:
             msg = f"openssl dgst printed no signature for {uri}"

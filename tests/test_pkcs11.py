@@ -107,23 +107,6 @@ def test_sign_batch_j4_with_the_token_key_all_valid(hsm, tokendir, tmp_path):
         verify(tokendir / "public.pem", sig, (STAMP + req["url"] + req["body"]).encode())
 
 
-@pytest.mark.skipif(shutil.which("flock") is None, reason="no flock (util-linux) here")
-def test_token_children_hold_a_lock_for_their_lifetime(hsm, tokendir, tmp_path):
-    """Each token child runs under ``flock -F LOCK``: one at a time, whatever -j says."""
-    flock, log = logging_wrapper(tmp_path / "bin", str(shutil.which("flock")), "flock")
-    lines = "".join(json.dumps({"url": f"{URL}/{i}"}) + "\n" for i in range(8))
-    (tmp_path / "batch.jsonl").write_text(lines)
-    env = dict(hsm.env, PATH=f"{flock.parent}{os.pathsep}{os.environ['PATH']}")
-    r = run_cli("sign", str(tokendir), "--batch", str(tmp_path / "batch.jsonl"), "-j", "4",
-                env=env)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    calls = [line.split("\t") for line in log.read_text().splitlines()]
-    signs = [c for c in calls if "dgst" in c]
-    assert len(signs) == 8
-    assert len({c[1] for c in calls}) == 1  # one lock file for the whole process
-    assert all(c[0] == "-F" for c in calls)
-
-
 def test_check_ok(hsm, tokendir):
     r = run_cli("--json", "check", str(tokendir), env=hsm.env)
     assert r.returncode == 0, r.stdout
