@@ -25,7 +25,7 @@ from ._files import (
     write_private,
 )
 from ._openssl import OpenSSL
-from ._pem import fingerprint, frame_pem
+from ._pem import fingerprint, frame_pem, read_bounded
 from ._pkcs11 import PIN_ENV, Pkcs11Options, Token, both_sources, open_token, uri_file
 from ._pkcs11_errors import TokenError
 from ._pkcs11_uri import Pkcs11Uri, parse_key_uri, read_uri_file
@@ -328,14 +328,26 @@ def derive_token_public(
     *,
     force: bool = False,
     options: Pkcs11Options | None = None,
-) -> tuple[str, list[str]]:
-    """Export ``public.pem`` from the token key ``private.uri`` names; (message, backups)."""
+) -> tuple[str, list[str], bool]:
+    """Export ``public.pem`` from the token key ``private.uri`` names: (message, backups, written).
+
+    A ``public.pem`` that already is the token key's public half is left as it is.
+    """
     conflict = both_sources(paths)
     if conflict:
         raise BadInputError(conflict)
-    if not force:
-        refuse_existing([paths.public])
     uri = read_uri_file(uri_file(paths))
     token = open_token(openssl, options)
+    if os.path.lexists(paths.public):
+        ours = frame_pem(token.public_pem(uri))
+        try:
+            there = frame_pem(read_bounded(paths.public))
+        except BadInputError:
+            there = None
+        if ours is not None and there is not None and ours.der == there.der:
+            msg = f"{paths.public} already is the public half of the token key {uri}: nothing to do"
+            return msg, [], False
+        if not force:
+            refuse_existing([paths.public])
     _, backups = _publish_public(token, uri, paths, force=force)
-    return f"Wrote {paths.public} (0644) from the token key {uri}", backups
+    return f"Wrote {paths.public} (0644) from the token key {uri}", backups, True

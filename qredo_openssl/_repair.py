@@ -57,8 +57,10 @@ def derive_public(
     the public key is exported from the token key it names.
     """
     if has_token_key(paths):
-        message, backups = derive_token_public(paths, openssl, force=force, options=pkcs11)
-        return RepairResult(paths.public, tuple(backups), (), message)
+        message, backups, written = derive_token_public(
+            paths, openssl, force=force, options=pkcs11
+        )
+        return RepairResult(paths.public if written else None, tuple(backups), (), message)
     if os.path.lexists(paths.public):
         try:
             found, derived = _usable_private(paths, openssl)

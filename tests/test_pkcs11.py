@@ -142,6 +142,9 @@ def test_tampered_public_pem_fails_public_matches(hsm, tokendir, keys, tmp_path)
     assert r.returncode == 0, r.stderr
     assert (d / "public.pem").read_bytes() == (tokendir / "public.pem").read_bytes()
     assert run_cli("check", str(d), env=hsm.env).returncode == 0
+    r = run_cli("pubkey", str(d), env=hsm.env)  # already the token key's: nothing to do
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stderr
 
 
 def test_both_key_sources_fail_check_and_sign_refuses(hsm, tokendir, keys, tmp_path):

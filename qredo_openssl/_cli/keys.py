@@ -131,7 +131,8 @@ def _keygen_token(args: argparse.Namespace, out: Output) -> int:
         doc: dict[str, Any] = {"dir": paths.dir, "uri": r.uri, "uri_file": r.uri_file}
         doc["public"] = paths.public
         doc.update(bits=r.bits, fingerprint=r.fingerprint, public_pem=r.public_pem)
-        out.json({**doc, "checks": _findings_doc(r.findings)})
+        checks = [{"name": f.name, "status": f.status, "message": f.message} for f in r.findings]
+        out.json({**doc, "checks": checks})
         return 0
     out.data(r.public_pem)
     out.info(f"Made an RSA {r.bits} key inside the token: {r.uri}")
