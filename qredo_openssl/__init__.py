@@ -43,6 +43,8 @@ _LAZY = {
     "detect_openssl": "_openssl",
     "SendResult": "_send",
     "Sender": "_send",
+    "Pkcs11Options": "_pkcs11",
+    "generate_token_key": "_pkcs11_keys",
     "SignedRequest": "_sign",
     "Signer": "_sign",
     "Verification": "_sign",
@@ -91,6 +93,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._keygen import plan_keygen as plan_keygen
     from ._openssl import OpenSSL as OpenSSL
     from ._openssl import detect_openssl as detect_openssl
+    from ._pkcs11 import Pkcs11Options as Pkcs11Options
+    from ._pkcs11_keys import generate_token_key as generate_token_key
     from ._repair import RepairResult as RepairResult
     from ._repair import convert_private as convert_private
     from ._repair import derive_public as derive_public

@@ -14,6 +14,7 @@ from ._errors import BadInputError, OpenSSLError
 from ._files import NEXT_DIR, ROTATE_JOURNAL, TEMP_PREFIX, KeyPaths
 from ._openssl import OpenSSL
 from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounded
+from ._pkcs11 import Pkcs11Options, has_token_key
 from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -368,8 +369,21 @@ def check_dir(directory: str) -> list[Finding]:
     return found
 
 
-def check_keys(paths: KeyPaths, openssl: OpenSSL) -> list[Finding]:
-    """Every check of docs/contract.md on a key directory, in a stable order."""
+def check_keys(
+    paths: KeyPaths, openssl: OpenSSL, *, pkcs11: Pkcs11Options | None = None
+) -> list[Finding]:
+    """Every check of docs/contract.md on a key directory, in a stable order.
+
+    A directory whose ``private.uri`` names a key in a PKCS#11 token is checked through it.
+    """
+    if has_token_key(paths):
+        from ._pkcs11_keys import check_token_key  # built on this module's checks
+
+        return [
+            *check_token_key(paths, openssl, pkcs11),
+            *check_rotation(paths.dir),
+            *check_dir(paths.dir),
+        ]
     private, derived = check_private(paths.private, openssl)
     return [
         *private,

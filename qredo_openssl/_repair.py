@@ -12,6 +12,8 @@ from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_ex
 from ._keygen import produced
 from ._openssl import OpenSSL, TraditionalMode, decide_traditional
 from ._pem import frame_pem, read_bounded
+from ._pkcs11 import Pkcs11Options, has_token_key
+from ._pkcs11_keys import derive_token_public
 
 _ENCRYPTED = "private.encrypted"
 
@@ -47,12 +49,21 @@ class RepairResult:
     warnings: tuple[Finding, ...] = ()  # what else the signing client will trip on
 
 
-def derive_public(paths: KeyPaths, openssl: OpenSSL, *, force: bool = False) -> RepairResult:
+def derive_public(
+    paths: KeyPaths, openssl: OpenSSL, *, force: bool = False,
+    pkcs11: Pkcs11Options | None = None,
+) -> RepairResult:  # fmt: skip
     """Step 2 alone: write ``public.pem`` from an unencrypted RSA private key (PKCS#1 or #8).
 
     A ``public.pem`` that already is the public half of the private key is left as it is
-    (nothing written, ``written`` None), with or without ``force``.
+    (nothing written, ``written`` None), with or without ``force``. With ``DIR/private.uri``,
+    the public key is exported from the token key it names.
     """
+    if has_token_key(paths):
+        message, backups, written = derive_token_public(
+            paths, openssl, force=force, options=pkcs11
+        )
+        return RepairResult(paths.public if written else None, tuple(backups), (), message)
     if os.path.lexists(paths.public):
         try:
             found, derived = _usable_private(paths, openssl)

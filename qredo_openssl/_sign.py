@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from ._errors import BadInputError, OpenSSLError
 from ._files import KeyPaths, private_tempdir
 from ._openssl import OpenSSL
 from ._pem import READ_LIMIT, PemBlock, frame_pem, read_bounded
+from ._pkcs11 import Pkcs11Options, has_token_key, token_signing_key
 from ._request import (
     build_payload,
     check_method,
@@ -115,11 +116,14 @@ class SigningKey:
 
     ``args`` are the ``openssl dgst`` options that name the key, ending in ``-sign KEY``;
     ``env`` holds what they refer to by name (a PIN for ``-passin env:VAR``), never argv.
+    ``run`` (a token key's) signs a payload itself: token logins are serialized, and a
+    failure is said in words.
     """
 
     name: str
     args: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    run: Callable[[bytes], bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def pem(cls, path: str) -> SigningKey:
@@ -127,6 +131,23 @@ class SigningKey:
         check_signing_key(path)
         # An absolute path: a key named "-x" cannot be read as an option, and cwd cannot matter.
         return cls(path, ("-sign", os.path.abspath(path)))
+
+    @classmethod
+    def from_paths(
+        cls, paths: KeyPaths, openssl: OpenSSL, pkcs11: Pkcs11Options | None = None
+    ) -> SigningKey:
+        """The token key when ``DIR/private.uri`` exists, else ``paths.private`` (checked)."""
+        if has_token_key(paths):
+            return cls.token(paths, openssl, pkcs11)
+        return cls.pem(paths.private)
+
+    @classmethod
+    def token(
+        cls, paths: KeyPaths, openssl: OpenSSL, options: Pkcs11Options | None = None
+    ) -> SigningKey:
+        """The key in a PKCS#11 token that ``paths.dir``/private.uri names."""
+        name, args, env, token, uri = token_signing_key(paths, openssl, options)
+        return cls(name, args, env, lambda payload: token.sign(uri, payload))
 
 
 @dataclass(frozen=True)
@@ -143,9 +164,15 @@ class Signer:
     apikey_path: str | None = None
 
     @classmethod
-    def from_paths(cls, paths: KeyPaths, openssl: OpenSSL) -> Signer:
-        """Check ``paths.private`` and read ``paths.apikey`` (optional: None when absent)."""
-        return cls(openssl, SigningKey.pem(paths.private), load_apikey(paths.apikey), paths.apikey)
+    def from_paths(
+        cls, paths: KeyPaths, openssl: OpenSSL, *, pkcs11: Pkcs11Options | None = None
+    ) -> Signer:
+        """Check the private key and read ``paths.apikey`` (optional: None when absent).
+
+        The key is the token key when ``DIR/private.uri`` exists, else ``paths.private``.
+        """
+        key = SigningKey.from_paths(paths, openssl, pkcs11)
+        return cls(openssl, key, load_apikey(paths.apikey), paths.apikey)
 
     @property
     def private(self) -> str:
@@ -155,6 +182,8 @@ class Signer:
     def signature(self, payload: bytes) -> bytes:
         """The raw RSA PKCS#1 v1.5 SHA-256 signature of ``payload`` (via stdin, never argv)."""
         k = self.key
+        if k.run is not None:
+            return k.run(payload)
         out = self.openssl.run("dgst", "-sha256", *k.args, stdin=payload, extra_env=k.env)
         if not out.stdout:
             msg = "openssl dgst -sign printed no signature"

@@ -16,6 +16,7 @@ from .._ui import Output
 
 if TYPE_CHECKING:
     from .._openssl import TraditionalDecision
+    from .._pkcs11 import Pkcs11Options
 
 Handler = Callable[[argparse.Namespace, Output], int]
 
@@ -135,6 +136,28 @@ def traditional_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--traditional", choices=("auto", "always", "never"), default="auto",
         help="pass -traditional to OpenSSL: auto (OpenSSL >= 3 only), always or never",
+    )  # fmt: skip
+
+
+def pkcs11_options(p: argparse.ArgumentParser) -> None:
+    """Options for a key in a PKCS#11 token (``DIR/private.uri``)."""
+    g = p.add_argument_group("PKCS#11 token key (DIR/private.uri)")
+    g.add_argument("--pkcs11-module", metavar="PATH",
+                   help="PKCS#11 module (default $QREDO_PKCS11_MODULE, else the p11-kit proxy)")
+    g.add_argument("--pkcs11-tool", metavar="PATH",
+                   help="OpenSC pkcs11-tool (default $QREDO_PKCS11_TOOL, else PATH)")
+    g.add_argument("--pkcs11-route", choices=("engine", "provider"),
+                   help="how OpenSSL reaches the token (default: the engine when present)")
+    g.add_argument("--pin-file", metavar="FILE",
+                   help="read the token PIN from FILE (default $QREDO_PKCS11_PIN)")  # fmt: skip
+
+
+def pkcs11_config(args: argparse.Namespace) -> Pkcs11Options:
+    from .._pkcs11 import Pkcs11Options
+
+    return Pkcs11Options(
+        getattr(args, "pkcs11_module", None), getattr(args, "pkcs11_tool", None),
+        getattr(args, "pkcs11_route", None), getattr(args, "pin_file", None),
     )  # fmt: skip
 
 

@@ -21,6 +21,8 @@ from ._base import (
     get_openssl,
     key_paths,
     openssl_doc,
+    pkcs11_config,
+    pkcs11_options,
     traditional_option,
     with_fix,
 )
@@ -36,6 +38,7 @@ def register(command: Command) -> None:
         exits="0 every check ok, warn or skip; 1 a check failed, or a DIR is missing",
     )  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
+    pkcs11_options(p)
 
     p = command(
         "doctor", "show the OpenSSL in use, its decisions, and check DIR", cmd_doctor,
@@ -45,6 +48,7 @@ def register(command: Command) -> None:
     )  # fmt: skip
     traditional_option(p)
     send_options(p)
+    pkcs11_options(p)
 
 
 def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
@@ -117,7 +121,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
     if len(dirs) == 1:
         paths = key_paths(args, dirs[0])
         _existing_dir(paths, args)
-        findings = q.check_keys(paths, get_openssl(args))
+        findings = q.check_keys(paths, get_openssl(args), pkcs11=pkcs11_config(args))
         if out.json_mode:
             out.json(_findings_doc(findings))
         else:
@@ -130,12 +134,13 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
     from .._run import map_in_threads
 
     openssl = get_openssl(args)  # once: every DIR is checked with the same OpenSSL
+    pkcs11 = pkcs11_config(args)
 
     def one(d: str) -> _DirResult:
         try:
             paths = key_paths(args, d)
             _existing_dir(paths, args)
-            return _DirResult(d, tuple(q.check_keys(paths, openssl)))
+            return _DirResult(d, tuple(q.check_keys(paths, openssl, pkcs11=pkcs11)))
         except QredoOpenSSLError as exc:
             return _DirResult(d, error=exc)
 
@@ -164,6 +169,7 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
 
 def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     from .._openssl import openssl_source
+    from .._pkcs11 import has_token_key, uri_file
 
     explicit = getattr(args, "openssl", None)
     doc: dict[str, Any] = {"openssl": {"source": openssl_source(explicit)}}
@@ -183,8 +189,11 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     doc["openssl"].update(openssl_doc(openssl, plan.traditional))
     doc["usable"] = True
     doc["commands"] = [list(c) for c in plan.commands]
+    token = _token_doc(paths, openssl, args) if has_token_key(paths) else None
+    doc["pkcs11"] = token
     have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
-    findings = q.check_keys(paths, openssl) if have_keys else None
+    have_keys = have_keys or token is not None
+    findings = q.check_keys(paths, openssl, pkcs11=pkcs11_config(args)) if have_keys else None
     doc["checks"] = _findings_doc(findings) if findings is not None else None
     send_lines = send_doctor(args, doc)
     if out.json_mode:
@@ -198,6 +207,11 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     out.data("keygen runs (in a private temporary directory, then published):")
     out.data("\n".join("  " + shlex.join(c) for c in plan.commands))
     out.data("\n".join(send_lines))
+    if token is not None:
+        out.data(f"pkcs11 key  {token['uri'] or token['error']}  (from {uri_file(paths)})")
+        out.data(f"pkcs11      route {token['route']}: {token['route_reason']}")
+        out.data(f"pkcs11      module {token['module']}  (from {token['module_source']})")
+        out.data(f"pkcs11      token {token['token']}")
     if findings is None:
         looked = ", ".join((paths.private, paths.public, paths.apikey))
         out.data(f"no key files in {paths.dir} (looked for {looked})")
@@ -205,3 +219,22 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
         out.data(f"checks of {paths.dir}:")
         _show_findings(findings, out)
     return 0
+
+
+def _token_doc(paths: q.KeyPaths, openssl: q.OpenSSL, args: argparse.Namespace) -> dict[str, Any]:
+    """Route, module and token of a token key, for ``doctor``; what cannot be found is said."""
+    from .._pkcs11 import decide_route, find_module, uri_file
+    from .._pkcs11_uri import read_uri_file
+
+    doc: dict[str, Any] = dict.fromkeys(
+        ("uri", "token", "route", "route_reason", "module", "module_source", "error"))
+    opts = pkcs11_config(args)
+    try:
+        uri = read_uri_file(uri_file(paths))
+        doc.update(uri=str(uri), token=uri.token)
+        route = decide_route(openssl, opts.route)
+        doc.update(route=route.route, route_reason=route.reason)
+        doc["module"], doc["module_source"] = find_module(opts.module)
+    except QredoOpenSSLError as exc:
+        doc["error"] = error_doc(exc)
+    return doc

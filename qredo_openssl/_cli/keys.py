@@ -28,6 +28,8 @@ from ._base import (
     get_openssl,
     key_paths,
     openssl_doc,
+    pkcs11_config,
+    pkcs11_options,
     traditional_option,
     with_fix,
 )
@@ -66,6 +68,9 @@ def register(command: Command) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the commands, write nothing")
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
     traditional_option(p)
+    p.add_argument("--pkcs11", metavar="URI",
+                   help="generate the key inside this PKCS#11 token: 'pkcs11:token=T;object=O'")
+    pkcs11_options(p)
 
     p = command(
         "pubkey", "derive public.pem from an existing private.pem", cmd_pubkey,
@@ -75,6 +80,7 @@ def register(command: Command) -> None:
     p.add_argument(
         "-f", "--force", action="store_true", help="replace public.pem, keeping a backup"
     )
+    pkcs11_options(p)
 
     p = command(
         "convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert,
@@ -93,6 +99,8 @@ def register(command: Command) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
+    if args.pkcs11 is not None:
+        return _keygen_token(args, out)
     dirs = args.dirs or ["."]
     if len(dirs) > 1 and (args.private or args.public or args.apikey):
         msg = "--private/--public/--apikey name single files: give one DIR with them"
@@ -232,6 +240,31 @@ class _KeygenReport:
         return EXIT_INTERRUPTED
 
 
+def _keygen_token(args: argparse.Namespace, out: Output) -> int:
+    from .._pkcs11_keys import generate_token_key
+
+    dirs = args.dirs or ["."]
+    if len(dirs) > 1 or args.force or args.dry_run:
+        raise UsageError("keygen --pkcs11 takes one DIR, and no --force or --dry-run")
+    paths = key_paths(args, dirs[0])
+    r = generate_token_key(
+        paths, get_openssl(args), args.pkcs11, bits=args.bits, options=pkcs11_config(args)
+    )
+    if out.json_mode:
+        doc: dict[str, Any] = {"dir": paths.dir, "uri": r.uri, "uri_file": r.uri_file}
+        doc["public"] = paths.public
+        doc.update(bits=r.bits, fingerprint=r.fingerprint, public_pem=r.public_pem)
+        checks = [{"name": f.name, "status": f.status, "message": f.message} for f in r.findings]
+        out.json({**doc, "checks": checks})
+        return 0
+    out.data(r.public_pem)
+    out.info(f"Made an RSA {r.bits} key inside the token: {r.uri}")
+    out.info(f"Wrote {r.uri_file} and {r.paths.public} (0644)")
+    out.info(f"Fingerprint: {r.fingerprint}")
+    out.info(NEXT_STEP.format(public=r.paths.public), style="bold")
+    return 0
+
+
 def _run_keygens(
     paths: list[q.KeyPaths],
     plan: q.KeygenPlan,
@@ -271,7 +304,7 @@ def cmd_pubkey(args: argparse.Namespace, out: Output) -> int:
 
     openssl = get_openssl(args)
     paths = key_paths(args, args.dir)
-    r = q.derive_public(paths, openssl, force=args.force)
+    r = q.derive_public(paths, openssl, force=args.force, pkcs11=pkcs11_config(args))
     with open(paths.public) as f:  # just written and checked by derive_public: a few hundred bytes
         public_pem = f.read()
     if out.json_mode:

@@ -14,7 +14,15 @@ import qredo_openssl as q
 from .._errors import UsageError
 from .._request import read_body
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths, with_fix
+from ._base import (
+    Command,
+    error_doc,
+    get_openssl,
+    key_paths,
+    pkcs11_config,
+    pkcs11_options,
+    with_fix,
+)
 from .send import api_base_option
 
 if TYPE_CHECKING:
@@ -54,6 +62,7 @@ def register(command: Command) -> None:
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
     p.add_argument("--explain", action="store_true", help="show payload, digests, commands")
     api_base_option(p)
+    pkcs11_options(p)
 
     p = command(
         "verify", "verify an x-sign signature as the Qredo server does", cmd_verify,
@@ -160,7 +169,9 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     url = request_url(args, out, args.url)
     assert url is not None
     body = read_body(args.body) if args.body is not None else b""
-    signer = q.Signer.from_paths(key_paths(args, args.dir), get_openssl(args))
+    signer = q.Signer.from_paths(
+        key_paths(args, args.dir), get_openssl(args), pkcs11=pkcs11_config(args)
+    )
     signed = signer.sign(
         url, body, method=args.method, timestamp=args.timestamp, nonce=args.nonce,
         body_file=args.body,
@@ -202,7 +213,9 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     lines = read_batch(args.batch)
-    signer = q.Signer.from_paths(key_paths(args, args.dir), get_openssl(args))
+    signer = q.Signer.from_paths(
+        key_paths(args, args.dir), get_openssl(args), pkcs11=pkcs11_config(args)
+    )
     _warn_no_apikey(signer, out)
 
     def show(item: BatchItem) -> None:

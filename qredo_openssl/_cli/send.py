@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._errors import BadInputError, NoAnswerError, UsageError
 from .._ui import Output
-from ._base import Command, error_doc, key_paths
+from ._base import Command, error_doc, get_openssl, key_paths, pkcs11_config, pkcs11_options
 
 if TYPE_CHECKING:
     from .._files import KeyPaths
@@ -101,6 +101,7 @@ def register(command: Command) -> None:
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel requests (default 1)")
     p.add_argument("--request-dir", metavar="PATH", help="Qredo Go client layout: uri, body")
     send_options(p)
+    pkcs11_options(p)
 
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
@@ -193,11 +194,16 @@ def _signer(args: argparse.Namespace) -> Signer:
     from .._send import resolve_apikey
     from .._sign import Signer, SigningKey
 
+    from .._pkcs11 import has_token_key
+
     paths = key_paths(args, args.dir)
     apikey, source = resolve_apikey(paths.apikey)
     if args.cacert is not None and not os.path.isfile(args.cacert):
         raise BadInputError(f"no CA certificate file at {args.cacert}")
-    return Signer(signing_openssl(args), SigningKey.pem(paths.private), apikey, source)
+    # A token key's route depends on the OpenSSL version; a PEM key signs alike everywhere.
+    openssl = get_openssl(args) if has_token_key(paths) else signing_openssl(args)
+    key = SigningKey.from_paths(paths, openssl, pkcs11_config(args))
+    return Signer(openssl, key, apikey, source)
 
 
 def in_background(fn: Callable[[], T]) -> Callable[[], T]:
