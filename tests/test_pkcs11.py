@@ -432,3 +432,28 @@ def test_unknown_failure_shows_the_tools_words_not_the_signal():
     said = "signing with pkcs11:token=T;object=O failed: it crashed: Something odd happened"
     assert str(error) == said
     assert error.exit_code == 3
+
+
+# --- send with the token key, against the loopback Qredo server ----------------------------------
+
+
+def test_send_with_the_token_key_is_accepted_by_the_server(hsm, tokendir, tmp_path, keys):
+    """The whole flow with a key that never leaves the token: the server verifies x-sign
+    against the uploaded public.pem; before the upload (another key) it answers 401."""
+    from qredo_server import QredoServer, make_tls_material
+
+    apikey = base64.b64encode(b'{"key_id":"kid-token","key":"k"}').decode()
+    d = copy_dir(tokendir, tmp_path / "keys")
+    (d / "apikey").write_text(apikey + "\n")
+    tls = make_tls_material(tmp_path / "tls")
+    env = {**hsm.env, "TMPDIR": str(tmp_path)}
+    with QredoServer(tls, keys.public, apikey, timeout=5.0) as srv:  # another key uploaded
+        before = run_cli("send", "--cacert", str(tls.ca), "--url", f"{srv.base}/company",
+                         str(d), env=env)  # fmt: skip
+        assert before.returncode == 5, before.stderr
+        srv.upload((d / "public.pem").read_bytes())
+        r = run_cli("send", "--cacert", str(tls.ca), "--url", f"{srv.base}/company", str(d),
+                    env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert [x.verdict for x in srv.requests] == ["signature", "ok"]
+        assert json.loads(r.stdout)["target"] == "/api/v1/p/company"
