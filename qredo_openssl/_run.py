@@ -1,25 +1,23 @@
 """The one place a child process starts: ``sh``, timeouts, kill and reap, umask 077, C locale.
 
-``sh`` is imported on the first run only (``_sh``): commands that never run a child
+``sh`` is imported on the first run only (:func:`._shload.load_sh`): commands that never run a child
 (``--version``, ``--help``) do not pay for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import signal
-import sys
 import threading
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._defaults import DEFAULT_TIMEOUT
 from ._errors import BadInputError, QredoOpenSSLError, ToolError
+from ._shload import load_sh
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -171,69 +169,6 @@ def _umask_077() -> None:
     os.umask(0o077)
 
 
-class _AsyncioOnDemand(types.ModuleType):
-    """Stands in for ``asyncio`` while ``sh`` is imported; the real module loads on first use.
-
-    Why it is kept (issue 9: only while it buys >= 30 ms a command): sh 2.x imports asyncio
-    (with ssl, socket, concurrent.futures...) at its top. Measured on a 2-core EPYC, Python
-    3.11, sh 2.4: ``python -X importtime -c "import sh"`` 92 ms plain, 52 ms through ``_sh``
-    (best of 15); ``scripts/bench`` case ``s`` (a whole ``check``, asyncio preloaded or not)
-    64 ms wall, 51 ms CPU (medians of 15). Re-measure with that case before removing it.
-
-    sh uses asyncio only for ``_async=True`` commands, which we never run, and to ask
-    ``get_running_loop()`` on every command (both
-    callers catch the ``RuntimeError`` that means "no loop"). At import it binds just the
-    module and ``Queue`` (as ``AQueue``, only ever called to make a queue). Everything
-    forwards to the real asyncio, so ``_async`` sh commands elsewhere in the process work
-    (tests/test_imports.py runs one). A thread importing asyncio in the few milliseconds
-    while sh loads gets this forwarding stand-in too.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # import machinery probes (__path__ ...): not asyncio's API
-            raise AttributeError(name)
-        return getattr(_real_asyncio(), name)
-
-    @staticmethod
-    def Queue(*args: Any, **kwargs: Any) -> Any:  # asyncio's name, as sh imports it
-        return _real_asyncio().Queue(*args, **kwargs)
-
-    @staticmethod
-    def get_running_loop() -> Any:
-        # No event loop can be running in a process that never imported asyncio: answer as
-        # asyncio itself would, without importing it.
-        if "asyncio" not in sys.modules:
-            msg = "no running event loop"
-            raise RuntimeError(msg)
-        return _real_asyncio().get_running_loop()
-
-
-def _real_asyncio() -> types.ModuleType:
-    if isinstance(sys.modules.get("asyncio"), _AsyncioOnDemand):  # used while sh loads
-        del sys.modules["asyncio"]
-    return importlib.import_module("asyncio")
-
-
-_sh_lock = threading.Lock()
-
-
-def _sh() -> Any:
-    # Deliberately late (see the module docstring); the lock keeps a second thread from
-    # seeing a half-imported sh or the stand-in below.
-    with _sh_lock:
-        if "sh" in sys.modules or "asyncio" in sys.modules:
-            import sh
-        else:
-            stand_in = _AsyncioOnDemand("asyncio")
-            sys.modules["asyncio"] = stand_in
-            try:
-                import sh
-            finally:
-                if sys.modules.get("asyncio") is stand_in:
-                    del sys.modules["asyncio"]
-    return sh
-
-
 def run(
     path: str,
     args: Sequence[str],
@@ -261,7 +196,7 @@ def run(
             shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             msg = f"{shown!r} is not a UTF-8 name, which {tool} cannot be given; rename it"
             raise BadInputError(msg) from None
-    sh_mod = _sh()
+    sh_mod = load_sh()
     env = child_env(os.environ if environ is None else environ, extra_env)
     proc: Any = None
     reaped = False

@@ -80,7 +80,7 @@ def test_check_on_a_pipe_does_not_import_rich(key_dir: Path, args: list[str]) ->
     mods = imported(*args, "check", str(key_dir))
     assert "sh" in mods  # it did run OpenSSL
     assert "rich" not in mods
-    # sh loads without it: _run._AsyncioOnDemand, kept because it saves ~40 ms a command
+    # sh loads without it: _shload._AsyncioOnDemand, kept because it saves ~40 ms a command
     # (its docstring has the measurements; scripts/bench case "s" re-measures it)
     assert "asyncio" not in mods
 
@@ -90,7 +90,7 @@ def test_sh_async_still_works_after_our_import() -> None:
     """However ``sh`` is imported for us, its asyncio support must stay intact for others."""
     code = (
         "import sys\n"
-        "from qredo_openssl._run import _sh\n"
+        "from qredo_openssl._shload import load_sh as _sh\n"
         "sh = _sh()\n"
         "import asyncio\n"
         "assert asyncio.__file__\n"  # the real module, whatever stood in while sh loaded

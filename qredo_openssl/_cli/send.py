@@ -191,10 +191,9 @@ def read_request_dir(path: str) -> tuple[str, str, bytes | None, str | None]:
 
 
 def _signer(args: argparse.Namespace) -> Signer:
+    from .._pkcs11 import has_token_key
     from .._send import resolve_apikey
     from .._sign import Signer, SigningKey
-
-    from .._pkcs11 import has_token_key
 
     paths = key_paths(args, args.dir)
     apikey, source = resolve_apikey(paths.apikey)
