@@ -22,7 +22,7 @@ _LAZY = {
     "detect_curl": "_curl",
     "CurlError": "_errors",
     "NoAnswerError": "_errors",
-    "check_keys": "_checks",
+    "check_keys": "_check_keys",
     "BadInputError": "_errors",
     "OpenSSLError": "_errors",
     "QredoOpenSSLError": "_errors",
@@ -73,8 +73,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._apikey import SavedApiKey as SavedApiKey
     from ._apikey import save_apikey as save_apikey
+    from ._check_keys import check_keys as check_keys
     from ._checks import Finding as Finding
-    from ._checks import check_keys as check_keys
     from ._curl import detect_curl as detect_curl
     from ._errors import BadInputError as BadInputError
     from ._errors import CurlError as CurlError

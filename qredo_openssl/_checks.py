@@ -11,10 +11,9 @@ from typing import Literal
 
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
-from ._files import NEXT_DIR, ROTATE_JOURNAL, TEMP_PREFIX, KeyPaths
+from ._files import NEXT_DIR, ROTATE_JOURNAL, TEMP_PREFIX
 from ._openssl import OpenSSL
 from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounded
-from ._pkcs11 import Pkcs11Options, has_token_key
 from ._run import headline
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -203,7 +202,7 @@ def check_private(
         why = _error_reason(out.stderr.decode("utf-8", "replace")) or "RSA key not ok"
         msg = f"{path} fails OpenSSL's consistency check ({why}): the key is corrupt"
         found.append(Finding("private.valid", "fail", msg))
-    found.append(_bits_finding(facts.bits))
+    found.append(bits_finding(facts.bits))
     if facts.exponent == 65537:
         found.append(Finding("private.exponent", "ok", "e = 65537"))
     else:
@@ -236,7 +235,7 @@ def _error_reason(stderr: str) -> str:
     return ""
 
 
-def _bits_finding(bits: int | None) -> Finding:
+def bits_finding(bits: int | None) -> Finding:
     if bits == 2048:
         return Finding("private.bits", "ok", "2048 bits")
     if bits in (3072, 4096):
@@ -367,31 +366,6 @@ def check_dir(directory: str) -> list[Finding]:
     else:
         found.append(Finding("dir.leftovers", "ok", "no temporary directories left behind"))
     return found
-
-
-def check_keys(
-    paths: KeyPaths, openssl: OpenSSL, *, pkcs11: Pkcs11Options | None = None
-) -> list[Finding]:
-    """Every check of docs/contract.md on a key directory, in a stable order.
-
-    A directory whose ``private.uri`` names a key in a PKCS#11 token is checked through it.
-    """
-    if has_token_key(paths):
-        from ._pkcs11_keys import check_token_key  # built on this module's checks
-
-        return [
-            *check_token_key(paths, openssl, pkcs11),
-            *check_rotation(paths.dir),
-            *check_dir(paths.dir),
-        ]
-    private, derived = check_private(paths.private, openssl)
-    return [
-        *private,
-        *check_public(paths.public, derived, paths.private, openssl),
-        *check_apikey(paths.apikey),
-        *check_rotation(paths.dir),
-        *check_dir(paths.dir),
-    ]
 
 
 def any_failed(findings: Sequence[Finding]) -> bool:

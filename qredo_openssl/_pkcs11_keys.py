@@ -13,7 +13,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 
-from ._checks import Finding, _bits_finding, check_apikey, check_public, parse_rsa_text
+from ._checks import Finding, bits_finding, check_apikey, check_public, parse_rsa_text
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, QredoOpenSSLError, RefusedOverwriteError
 from ._files import (
@@ -192,7 +192,7 @@ def check_token_key(
         else:
             found.append(Finding("private.extractable", "ok", hits[0].access))
     facts = parse_rsa_text(rsa_text)
-    found.append(_bits_finding(facts.bits))
+    found.append(bits_finding(facts.bits))
     if facts.exponent == 65537:
         found.append(Finding("private.exponent", "ok", "e = 65537"))
     else:

@@ -1,0 +1,39 @@
+"""``check_keys``: every check of a key directory, a PEM pair or a token key, in a stable order.
+
+Above both :mod:`._checks` (the file checks) and :mod:`._pkcs11_keys` (the token checks, built
+on them), so that every import points down.
+"""
+
+from __future__ import annotations
+
+from ._checks import (
+    Finding,
+    check_apikey,
+    check_dir,
+    check_private,
+    check_public,
+    check_rotation,
+)
+from ._files import KeyPaths
+from ._openssl import OpenSSL
+from ._pkcs11 import Pkcs11Options, has_token_key
+from ._pkcs11_keys import check_token_key
+
+
+def check_keys(
+    paths: KeyPaths, openssl: OpenSSL, *, pkcs11: Pkcs11Options | None = None
+) -> list[Finding]:
+    """Every check of docs/contract.md on a key directory, in a stable order.
+
+    A directory whose ``private.uri`` names a key in a PKCS#11 token is checked through it.
+    """
+    if has_token_key(paths):
+        keys = check_token_key(paths, openssl, pkcs11)
+    else:
+        private, derived = check_private(paths.private, openssl)
+        keys = [
+            *private,
+            *check_public(paths.public, derived, paths.private, openssl),
+            *check_apikey(paths.apikey),
+        ]
+    return [*keys, *check_rotation(paths.dir), *check_dir(paths.dir)]
