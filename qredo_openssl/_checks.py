@@ -12,7 +12,7 @@ from typing import Literal
 from ._apikey import parse_apikey_file
 from ._errors import BadInputError, OpenSSLError
 from ._files import NEXT_DIR, ROTATE_JOURNAL, TEMP_PREFIX
-from ._openssl import OpenSSL
+from ._openssl import OpenSSL, traditional_args
 from ._pem import BEGIN_RE, BOM, READ_LIMIT, fingerprint, frame_pem, read_bounded
 from ._run import headline
 
@@ -134,8 +134,6 @@ def check_private(
     def skip(why: str, *names: str) -> list[Finding]:
         return [*(Finding(f"private.{n}", "skip", why) for n in names), mode]
 
-    # 1.x ``rsa`` writes PKCS#1 and has no -traditional; 3.x needs it (unknown: say it).
-    trad = () if openssl.version.needs_traditional is False else ("-traditional",)
     problem = _frame_problem(path, data)
     block = frame_pem(data) if problem is None else None
     is_rsa = block is not None and block.der is not None and block.label == "RSA PRIVATE KEY"
@@ -143,6 +141,7 @@ def check_private(
     new_key = ours("keygen", "--force", private=path)
     if problem is not None and problem.endswith("not PEM") and data[:1] == b"\x30":
         problem += f" (the PEM form goes to {path}.pem; then move it to {path})"
+        trad = traditional_args(openssl)
         fix = ("openssl", "rsa", "-inform", "DER", "-in", path, *trad, "-out", f"{path}.pem")
     elif problem is None and block is None:
         begin = BEGIN_RE.search(data)
@@ -177,7 +176,7 @@ def check_private(
         plain = os.path.join(os.path.dirname(path), "private.plain.pem")
         msg = f"{path} is encrypted with a passphrase; the signing client needs it plain "
         msg += f"(this asks for the passphrase and writes {plain})"
-        decrypt = ("openssl", "rsa", "-in", path, *trad, "-out", plain)
+        decrypt = ("openssl", "rsa", "-in", path, *traditional_args(openssl), "-out", plain)
         found.append(Finding("private.encrypted", "fail", msg, decrypt))
         return found + skip("encrypted key not opened", "valid", "bits", "exponent"), None
     if not is_rsa:

@@ -5,6 +5,7 @@ Children are started by :mod:`._run`; nothing here imports ``sh``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -136,10 +137,13 @@ class TraditionalDecision:
     reason: str
 
 
+@functools.lru_cache(maxsize=16)
 def decide_traditional(openssl: OpenSSL, mode: TraditionalMode = "auto") -> TraditionalDecision:
     """Decide ``-traditional``: OpenSSL >= 3 only, unless ``mode`` overrides.
 
-    When the version line cannot be read, ask ``openssl genrsa -help`` instead of guessing.
+    The one place this is decided (keygen's plan, ``convert``, the checks' fix hints), once
+    per OpenSSL. When the version line cannot be read, ask ``openssl genrsa -help`` instead
+    of guessing.
     """
     if mode == "always":
         return TraditionalDecision(True, "--traditional always")
@@ -157,3 +161,8 @@ def decide_traditional(openssl: OpenSSL, mode: TraditionalMode = "auto") -> Trad
     listed = b"-traditional" in out.stdout + out.stderr
     said = "lists" if listed else "does not list"
     return TraditionalDecision(listed, f"version unknown; 'openssl genrsa -help' {said} it")
+
+
+def traditional_args(openssl: OpenSSL, mode: TraditionalMode = "auto") -> tuple[str, ...]:
+    """``("-traditional",)`` where OpenSSL needs it to write PKCS#1, else ``()``."""
+    return ("-traditional",) if decide_traditional(openssl, mode).use else ()
