@@ -13,9 +13,8 @@ import sys
 from types import FrameType
 from typing import Any
 
-from ._errors import Interrupted
+from ._errors import EXIT_INTERRUPTED, Interrupted
 
-EXIT_INTERRUPTED = 130
 _received: list[int] = []  # every SIGINT/SIGTERM seen, even one a library swallowed
 _ending: list[bool] = []  # set on the way out: from then on a signal is only recorded
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports SIGINT
+
 
 class QredoOpenSSLError(Exception):
     """Base of every error this package raises on purpose; ``exit_code`` is the CLI's.

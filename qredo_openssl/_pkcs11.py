@@ -12,6 +12,7 @@ token files at every login, and parallel logins to one token fail at random.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import threading
@@ -25,7 +26,7 @@ from ._openssl import OpenSSL
 from ._pem import read_bounded
 from ._pkcs11_errors import PIN_REFUSED_RE, TokenError, token_error
 from ._pkcs11_uri import Pkcs11Uri, read_uri_file
-from ._run import Completed, find_tool, run, text, tool_source
+from ._run import Completed, find_tool, run, text
 
 Route = Literal["engine", "provider"]
 ROUTES: tuple[Route, ...] = ("engine", "provider")
@@ -119,6 +120,7 @@ class RouteDecision:
     reason: str
 
 
+@functools.lru_cache(maxsize=16)
 def decide_route(openssl: OpenSSL, explicit: Route | None = None) -> RouteDecision:
     """The engine when this OpenSSL has it (one ``openssl engine pkcs11 -t``), else the provider.
 
@@ -204,8 +206,6 @@ class Token:
                     timeout=self.openssl.timeout,
                     extra_env=self.env,
                 )
-            except TokenError:
-                raise
             except ToolError as exc:
                 error = token_error(exc, what, uri, self.module)
                 if PIN_REFUSED_RE.search(exc.stderr):
@@ -281,10 +281,6 @@ def open_token(
     route = decide_route(openssl, options.route)
     module, source = find_module(options.module, environ)
     return Token(openssl, route, module, source, read_pin(options, environ), options.tool)
-
-
-def tool_origin(options: Pkcs11Options | None) -> str:
-    return tool_source("--pkcs11-tool", TOOL_ENV, (options or Pkcs11Options()).tool)
 
 
 def token_signing_key(

@@ -13,7 +13,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 
-from ._checks import Finding, bits_finding, check_apikey, check_public, parse_rsa_text
+from ._checks import Finding, bits_finding, check_apikey, check_public, ours, parse_rsa_text
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, QredoOpenSSLError, RefusedOverwriteError
 from ._files import (
@@ -29,6 +29,7 @@ from ._pem import fingerprint, frame_pem, read_bounded
 from ._pkcs11 import PIN_ENV, Pkcs11Options, Token, both_sources, open_token, uri_file
 from ._pkcs11_errors import TokenError
 from ._pkcs11_uri import Pkcs11Uri, parse_key_uri, read_uri_file
+from ._sign import verify_signature
 
 _HEADER_RE = re.compile(r"^(Private Key|Public Key|Certificate|Data|Secret Key) Object")
 _FIELD_RE = re.compile(r"^\s+(label|ID|Access|Usage):\s*(.*)$")
@@ -105,24 +106,10 @@ def _challenge(token: Token, uri: Pkcs11Uri, public: str) -> Finding:
         signature = token.sign(uri, challenge)
     except TokenError as exc:
         return Finding("public.matches", "fail", str(exc))
-    with private_tempdir(tempfile.gettempdir()) as tmp:
-        sig = os.path.join(tmp, "challenge.sig")
-        write_private(sig, signature)
-        out = token.openssl.run(
-            "dgst",
-            "-sha256",
-            "-verify",
-            os.path.abspath(public),
-            "-signature",
-            sig,
-            stdin=challenge,
-            ok_codes=(0, 1),
-        )
-    if out.returncode == 0 and b"Verified OK" in out.stdout:
+    if verify_signature(token.openssl, public, challenge, signature):
         return Finding("public.matches", "ok", f"a challenge signed by {uri} verifies with it")
-    msg = f"{public} does not verify a challenge signed by {uri}; "
-    msg += "run: qredo-openssl pubkey --force"
-    return Finding("public.matches", "fail", msg)
+    msg = f"{public} does not verify a challenge signed by {uri}"
+    return Finding("public.matches", "fail", msg, ours("pubkey", "--force", public=public))
 
 
 def check_token_key(

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._apikey import load_apikey
 from ._errors import BadInputError, OpenSSLError
-from ._files import KeyPaths, private_tempdir
+from ._files import KeyPaths, private_tempdir, write_private
 from ._openssl import OpenSSL
 from ._pem import READ_LIMIT, PemBlock, frame_pem, read_bounded
 from ._pkcs11 import Pkcs11Options, has_token_key, token_signing_key
@@ -280,21 +280,30 @@ def verify_request(
         raw = decode_signature(signature)
     except BadInputError as exc:
         return Verification(False, str(exc))
-    key = os.path.abspath(public)
+    if verify_signature(openssl, public, payload, raw):
+        return Verification(True, f"x-sign verifies with {public}")
+    return Verification(False, f"x-sign does not verify with {public} for this request")
+
+
+def verify_signature(openssl: OpenSSL, public: str, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` (raw RSA PKCS#1 v1.5 SHA-256) of ``data`` verifies with ``public``.
+
+    ``openssl dgst -sha256 -verify``: the data on stdin, the signature in a file in a private
+    temporary directory. An OpenSSL failure (not a verdict) raises :class:`OpenSSLError`.
+    """
     with private_tempdir(tempfile.gettempdir()) as tmp:
-        sig_file = os.path.join(tmp, "x-sign.bin")
-        with open(sig_file, "wb") as f:
-            f.write(raw)
+        sig_file = os.path.join(tmp, "signature.bin")
+        write_private(sig_file, signature)
         out = openssl.run(
-            "dgst", "-sha256", "-verify", key, "-signature", sig_file, stdin=payload,
-            ok_codes=(0, 1),
+            "dgst", "-sha256", "-verify", os.path.abspath(public), "-signature", sig_file,
+            stdin=data, ok_codes=(0, 1),
         )  # fmt: skip
     said = out.stdout.decode("utf-8", "replace")
     # 1.x says "Verification Failure", 3.x "Verification failure"; both exit 1.
     if out.returncode == 0 and "Verified OK" in said:
-        return Verification(True, f"x-sign verifies with {public}")
+        return True
     if out.returncode == 1 and "verification failure" in said.lower():
-        return Verification(False, f"x-sign does not verify with {public} for this request")
+        return False
     stderr = out.stderr.decode("utf-8", "replace")
     first = headline(stderr)
     msg = f"openssl dgst -verify failed (exit {out.returncode})" + (f": {first}" if first else "")

@@ -13,13 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from .._defaults import DEFAULT_TIMEOUT
-from .._errors import Interrupted, QredoOpenSSLError, UsageError
+from .._errors import EXIT_INTERRUPTED, Interrupted, QredoOpenSSLError, UsageError
 from .._ui import Output
 from .._version import __version__
 from . import checks, keys, requests, rotate, send
 from ._base import Command, Handler, Parser, common, error_message
 
-EXIT_INTERRUPTED = 130
 GROUPS = (keys, checks, requests, send, rotate)
 
 

@@ -14,6 +14,7 @@ import qredo_openssl as q
 
 from .._defaults import ALLOWED_BITS, QREDO_BITS
 from .._errors import (
+    EXIT_INTERRUPTED,
     Interrupted,
     QredoOpenSSLError,
     RefusedOverwriteError,
@@ -34,7 +35,6 @@ from ._base import (
     with_fix,
 )
 
-EXIT_INTERRUPTED = 130
 NEXT_STEP = (
     "Next: in the Qredo Web App open Settings > Partner API > Upload Public Key, "
     "paste the public key above ({public}) and click Upload."

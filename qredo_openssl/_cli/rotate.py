@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import qredo_openssl as q
 
 from .._defaults import ALLOWED_BITS, QREDO_BITS
-from .._errors import Interrupted, ToolError, UsageError
+from .._errors import EXIT_INTERRUPTED, Interrupted, ToolError, UsageError
 from .._ui import Output
 from ._base import Command, describe, get_openssl, key_paths, openssl_doc, traditional_option
 from .keys import NEXT_STEP
@@ -18,7 +18,6 @@ from .keys import NEXT_STEP
 if TYPE_CHECKING:
     from .._rotate import PairState
 
-EXIT_INTERRUPTED = 130
 
 GROUP_HELP = """\
 the steps, each with its own --help:
