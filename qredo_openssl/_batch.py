@@ -7,13 +7,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._request import BODY_LIMIT, read_body
 from ._run import map_in_threads
 from ._sign import SignedRequest, Signer
 
+T = TypeVar("T")
 BATCH_LIMIT = 256 * 1024 * 1024
 # Bodies read from files by all jobs together: at most this much at once (and one body over
 # it alone), not jobs x BODY_LIMIT.
@@ -161,42 +162,6 @@ def _body_size(path: str) -> int:
     return min(st.st_size, BODY_LIMIT + 1) if os.path.isfile(path) else BODY_LIMIT + 1
 
 
-def _sign_line(
-    signer: Signer, line: int, raw: bytes, base: str | None, budget: _Budget
-) -> BatchItem:
-    held = 0
-    try:
-        req = parse_batch_line(line, raw)
-        body = req.body
-        body_file = req.body_file
-        if body_file is not None:
-            if body_file == "-":
-                msg = "'body_file' cannot be standard input in a batch"
-                raise BadInputError(msg)
-            body_file = os.path.join(base, body_file) if base else body_file
-            held = _body_size(body_file)
-            budget.take(held)
-            body = read_body(body_file)
-        signed = signer.sign(
-            req.url,
-            body or b"",
-            method=req.method,
-            timestamp=req.timestamp,
-            nonce=req.nonce,
-            has_body=body is not None,
-            body_file=body_file,
-        )
-    except QredoOpenSSLError as exc:
-        return BatchItem(line, None, _at_line(line, exc))
-    except (ValueError, RecursionError, TypeError, OSError) as exc:
-        # Whatever a line holds stays that line's error; the message never quotes the line.
-        return BatchItem(line, None, BadInputError(f"line {line}: {type(exc).__name__}"))
-    finally:
-        if held:
-            budget.give(held)
-    return BatchItem(line, signed, None)
-
-
 def _at_line(line: int, exc: QredoOpenSSLError) -> QredoOpenSSLError:
     """The same error, its message prefixed with the line number (and OpenSSL's details kept)."""
     msg = f"line {line}: {exc}"
@@ -223,6 +188,63 @@ def read_batch(source: str, stdin: IO[bytes] | None = None) -> list[tuple[int, b
     ]
 
 
+def each_line(
+    lines: Iterable[tuple[int, bytes] | bytes],
+    work: Callable[[int, BatchRequest, bytes | None, str | None], T],
+    failed: Callable[[int, QredoOpenSSLError], T],
+    *,
+    jobs: int | None = None,
+    on_item: Callable[[T], None] | None = None,
+    base: str | None = None,
+) -> list[T]:
+    """``work(line, request, body, body_file)`` for each JSON Lines request, in parallel.
+
+    The one batch loop of ``sign --batch`` and ``send --batch``. ``lines`` are raw lines or
+    ``(line_number, line)`` pairs as :func:`read_batch` gives. Results come back in input
+    order and ``on_item`` sees each in that order as soon as it is ready, so output can
+    stream. Whatever a line holds, its failure is ``failed(line, error)`` in its place and
+    never stops the others. A relative ``body_file`` is found in ``base`` (the batch file's
+    folder; None: the current directory); the bodies all jobs hold at once stay within
+    :data:`BODY_BUDGET` bytes. On Ctrl-C or SIGTERM every child is killed before the
+    interrupt propagates.
+    """
+    numbered = [
+        item if isinstance(item, tuple) else (n, item) for n, item in enumerate(lines, start=1)
+    ]
+    if not numbered:
+        return []
+    stop = threading.Event()
+    budget = _Budget(BODY_BUDGET)
+
+    def one(numbered_line: tuple[int, bytes]) -> T:
+        line, raw = numbered_line
+        if stop.is_set():
+            return failed(line, QredoOpenSSLError(f"line {line}: cancelled"))
+        held = 0
+        try:
+            req = parse_batch_line(line, raw)
+            body, body_file = req.body, req.body_file
+            if body_file is not None:
+                if body_file == "-":
+                    msg = "'body_file' cannot be standard input in a batch"
+                    raise BadInputError(msg)
+                body_file = os.path.join(base, body_file) if base else body_file
+                held = _body_size(body_file)
+                budget.take(held)
+                body = read_body(body_file)
+            return work(line, req, body, body_file)
+        except QredoOpenSSLError as exc:
+            return failed(line, _at_line(line, exc))
+        except (ValueError, RecursionError, TypeError, OSError) as exc:
+            # Whatever a line holds stays that line's error; the message never quotes the line.
+            return failed(line, BadInputError(f"line {line}: {type(exc).__name__}"))
+        finally:
+            if held:
+                budget.give(held)
+
+    return map_in_threads(one, numbered, jobs=jobs, stop=stop, on_result=on_item)
+
+
 def sign_batch(
     signer: Signer,
     lines: Iterable[tuple[int, bytes] | bytes],
@@ -233,27 +255,18 @@ def sign_batch(
 ) -> list[BatchItem]:
     """Sign many requests (JSON Lines, see :func:`parse_batch_line`) in parallel.
 
-    ``lines`` are raw lines, or ``(line_number, line)`` pairs as :func:`read_batch` gives.
-    Results come back in input order, and ``on_item`` is called in input order as soon as
-    each is ready, so output can stream. A bad line becomes an item with its ``error`` and
-    does not stop the others. ``jobs`` defaults to the CPU count: each request is one
-    ``openssl dgst`` process, which the pool keeps busy. On Ctrl-C or SIGTERM every
-    OpenSSL child is killed before the interrupt propagates.
-
-    A relative ``body_file`` is found in ``base`` (the batch file's folder; None: the current
-    directory). The bodies all jobs hold at once stay within :data:`BODY_BUDGET` bytes.
+    As :func:`each_line` runs them; ``jobs`` defaults to the CPU count: each request is one
+    ``openssl dgst`` process, which the pool keeps busy.
     """
-    numbered = [
-        item if isinstance(item, tuple) else (n, item) for n, item in enumerate(lines, start=1)
-    ]
-    if not numbered:
-        return []
-    stop = threading.Event()
-    budget = _Budget(BODY_BUDGET)
 
-    def one(line: int, raw: bytes) -> BatchItem:
-        if stop.is_set():
-            return BatchItem(line, None, QredoOpenSSLError(f"line {line}: cancelled"))
-        return _sign_line(signer, line, raw, base, budget)
+    def sign(line: int, req: BatchRequest, body: bytes | None, body_file: str | None) -> BatchItem:
+        signed = signer.sign(
+            req.url, body or b"", method=req.method, timestamp=req.timestamp, nonce=req.nonce,
+            has_body=body is not None, body_file=body_file,
+        )  # fmt: skip
+        return BatchItem(line, signed, None)
 
-    return map_in_threads(lambda nr: one(*nr), numbered, jobs=jobs, stop=stop, on_result=on_item)
+    def failed(line: int, error: QredoOpenSSLError) -> BatchItem:
+        return BatchItem(line, None, error)
+
+    return each_line(lines, sign, failed, jobs=jobs, on_item=on_item, base=base)

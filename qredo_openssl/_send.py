@@ -348,38 +348,24 @@ def send_batch(
     *,
     jobs: int | None = 1,
     on_item: Callable[[SendItem], None] | None = None,
+    base: str | None = None,
 ) -> list[SendItem]:
-    """Send JSON Lines requests (as ``sign --batch`` reads them), in input order.
+    """Send JSON Lines requests, read as ``sign --batch`` reads them, in input order.
 
     Each is signed right before it is sent; ``jobs`` (default 1) run at once. A bad line is
-    an item with its error and never stops the others.
+    an item with its error and never stops the others; a relative ``body_file`` is found in
+    ``base`` (see :func:`._batch.each_line`).
     """
-    import threading
+    from ._batch import BatchRequest, each_line
 
-    from ._batch import _at_line, parse_batch_line
-    from ._request import read_body
-    from ._run import map_in_threads
-
-    stop = threading.Event()
-
-    def one(numbered: tuple[int, bytes]) -> SendItem:
-        line, raw = numbered
-        if stop.is_set():
-            return SendItem(line, None, QredoOpenSSLError(f"line {line}: cancelled"))
-        try:
-            req = parse_batch_line(line, raw)
-            body = req.body
-            if req.body_file is not None:
-                if req.body_file == "-":
-                    msg = "'body_file' cannot be standard input in a batch"
-                    raise BadInputError(msg)
-                body = read_body(req.body_file)
-            result = sender.send(
-                req.url, body, method=req.method, timestamp=req.timestamp, nonce=req.nonce,
-                body_file=req.body_file,
-            )  # fmt: skip
-        except QredoOpenSSLError as exc:
-            return SendItem(line, None, _at_line(line, exc))
+    def send(line: int, req: BatchRequest, body: bytes | None, body_file: str | None) -> SendItem:
+        result = sender.send(
+            req.url, body, method=req.method, timestamp=req.timestamp, nonce=req.nonce,
+            body_file=body_file,
+        )  # fmt: skip
         return SendItem(line, result)
 
-    return map_in_threads(one, list(lines), jobs=jobs or 1, stop=stop, on_result=on_item)
+    def failed(line: int, error: QredoOpenSSLError) -> SendItem:
+        return SendItem(line, None, error)
+
+    return each_line(lines, send, failed, jobs=jobs or 1, on_item=on_item, base=base)

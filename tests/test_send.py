@@ -478,6 +478,19 @@ def test_batch_order_exit_and_bad_lines(env: Env) -> None:
     assert [x["line"] for x in doc["results"]] == [1, 2, 3, 4]
 
 
+def test_batch_body_file_is_found_beside_the_batch(env: Env) -> None:
+    """As in ``sign --batch``: a relative body_file is in the batch file's folder, not cwd."""
+    folder = env.work / "requests"
+    folder.mkdir()
+    body = b'{"amount": "1.5"}\r\n'
+    (folder / "body.json").write_bytes(body)
+    line = {"url": env.srv.base + "/pay", "body_file": "body.json", "method": "POST"}
+    (folder / "b.jsonl").write_text(json.dumps(line) + "\n")
+    r = env.send("--batch", "requests/b.jsonl")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert env.srv.requests[-1].body == body
+
+
 def test_request_dir(env: Env) -> None:
     req = env.work / "requests" / "transfer"
     req.mkdir(parents=True)

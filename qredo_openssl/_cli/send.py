@@ -374,7 +374,7 @@ def _dry_run(
 
 
 def _send_batch(args: argparse.Namespace, out: Output, sender: Sender) -> int:
-    from .._batch import read_batch
+    from .._batch import batch_base, read_batch
     from .._send import send_batch
 
     lines = read_batch(args.batch)
@@ -386,7 +386,9 @@ def _send_batch(args: argparse.Namespace, out: Output, sender: Sender) -> int:
         if item.error is not None:
             out.error(item.error.exit_code, str(item.error))
 
-    items = send_batch(sender, lines, jobs=args.jobs or 1, on_item=show)
+    items = send_batch(
+        sender, lines, jobs=args.jobs or 1, on_item=show, base=batch_base(args.batch)
+    )
     worst = max((i.exit_code for i in items), default=0)
     if out.json_mode:
         failed = [i for i in items if i.exit_code != 0]
