@@ -969,7 +969,8 @@ def test_in_process_main_leaves_the_core_limit_alone() -> None:
          "did you mean --url?"),
         (("keygen", "--traditional", "alway"), "did you mean always?"),
         (("pubkey", "a", "b"), "qredo-openssl pubkey: unrecognized argument: b"),
-        (("keygen", "-j", "0"), "qredo-openssl keygen: --jobs must be at least 1"),
+        (("keygen", "-j", "0"), "qredo-openssl keygen: argument -j/--jobs: '0' is not a whole "
+         "number of at least 1"),
         (("check", "--timeout", "0"), "qredo-openssl check: --timeout must be"),
     ],
 )  # fmt: skip

@@ -132,6 +132,22 @@ def paths_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apikey", metavar="FILE", help="API key path (default DIR/apikey)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``-j 0`` would run nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        msg = f"{text!r} is not a whole number of at least 1"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
+def jobs_option(p: argparse.ArgumentParser, help_: str) -> None:
+    p.add_argument("-j", "--jobs", type=positive_int, metavar="N", help=help_)
+
+
 def traditional_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--traditional", choices=("auto", "always", "never"), default="auto",

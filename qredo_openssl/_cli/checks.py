@@ -19,6 +19,7 @@ from ._base import (
     error_doc,
     error_message,
     get_openssl,
+    jobs_option,
     key_paths,
     openssl_doc,
     pkcs11_config,
@@ -37,7 +38,7 @@ def register(command: Command) -> None:
                   "qredo-openssl check -j 4 sandbox/ production/"),
         exits="0 every check ok, warn or skip; 1 a check failed, or a DIR is missing",
     )  # fmt: skip
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
+    jobs_option(p, "parallel jobs (default: CPUs)")
     pkcs11_options(p)
 
     p = command(
@@ -116,8 +117,6 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
     if len(dirs) > 1 and (args.private or args.public or args.apikey):
         msg = "--private/--public/--apikey name single files: give one DIR with them"
         raise UsageError(msg)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if len(dirs) == 1:
         paths = key_paths(args, dirs[0])
         _existing_dir(paths, args)

@@ -27,6 +27,7 @@ from ._base import (
     error_doc,
     error_message,
     get_openssl,
+    jobs_option,
     key_paths,
     openssl_doc,
     pkcs11_config,
@@ -66,7 +67,7 @@ def register(command: Command) -> None:
         help="leave a DIR whose pair exists and passes its checks as it is (exit 0)",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the commands, write nothing")
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs (default: CPUs)")
+    jobs_option(p, "parallel jobs (default: CPUs)")
     traditional_option(p)
     p.add_argument("--pkcs11", metavar="URI",
                    help="generate the key inside this PKCS#11 token: 'pkcs11:token=T;object=O'")
@@ -105,8 +106,6 @@ def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
     if len(dirs) > 1 and (args.private or args.public or args.apikey):
         msg = "--private/--public/--apikey name single files: give one DIR with them"
         raise UsageError(msg)
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if args.force and args.skip_existing:
         raise UsageError("keygen: --skip-existing and --force cannot be given together")
     openssl = get_openssl(args)

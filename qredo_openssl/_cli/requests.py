@@ -18,6 +18,7 @@ from ._base import (
     Command,
     error_doc,
     get_openssl,
+    jobs_option,
     key_paths,
     pkcs11_config,
     pkcs11_options,
@@ -59,7 +60,7 @@ def register(command: Command) -> None:
         help="JSON Lines of requests (- for stdin); a relative body_file is found in FILE's "
         "folder (with -: the current directory)",
     )  # fmt: skip
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel jobs for --batch")
+    jobs_option(p, "parallel jobs for --batch")
     p.add_argument("--explain", action="store_true", help="show payload, digests, commands")
     api_base_option(p)
     pkcs11_options(p)
@@ -210,8 +211,6 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
         raise UsageError("sign --batch: --explain applies to one request")
     if args.format not in (None, "json"):
         raise UsageError(f"sign --batch writes JSON lines; --format {args.format} does not apply")
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     lines = read_batch(args.batch)
     signer = q.Signer.from_paths(
         key_paths(args, args.dir), get_openssl(args), pkcs11=pkcs11_config(args)

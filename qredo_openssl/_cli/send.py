@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._errors import BadInputError, NoAnswerError, UsageError
 from .._ui import Output
-from ._base import Command, error_doc, get_openssl, key_paths, pkcs11_config, pkcs11_options
+from ._base import (
+    Command,
+    error_doc,
+    get_openssl,
+    jobs_option,
+    key_paths,
+    pkcs11_config,
+    pkcs11_options,
+)
 
 if TYPE_CHECKING:
     from .._files import KeyPaths
@@ -98,7 +106,7 @@ def register(command: Command) -> None:
     p.add_argument("--dry-run", action="store_true", help="sign and show, send nothing")
     p.add_argument("--cacert", metavar="FILE", help="CA certificates to trust (private CAs)")
     p.add_argument("--batch", metavar="FILE", help="JSON Lines of requests (- for stdin)")
-    p.add_argument("-j", "--jobs", type=int, metavar="N", help="parallel requests (default 1)")
+    jobs_option(p, "parallel requests (default 1)")
     p.add_argument("--request-dir", metavar="PATH", help="Qredo Go client layout: uri, body")
     send_options(p)
     pkcs11_options(p)
@@ -158,8 +166,6 @@ def _check_usage(args: argparse.Namespace) -> None:
                          "do not apply")  # fmt: skip
     if args.url is None and args.batch is None and args.request_dir is None:
         raise UsageError("send: give --url URL, --request-dir PATH or --batch FILE")
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
 
 
 def _parse_headers(given: list[str]) -> tuple[tuple[str, str], ...]:
