@@ -43,6 +43,7 @@ from ._journal import (
 from ._keygen import KeygenPlan, KeygenResult, generate_keypair
 from ._openssl import OpenSSL
 from ._pem import fingerprint, read_bounded
+from ._pkcs11 import has_token_key, uri_file
 
 Probe = Callable[[KeyPaths], None]
 """Called with the next pair before ``finish`` changes anything; raises to stop it."""
@@ -107,10 +108,10 @@ def _q(directory: str) -> str:
 
 
 def _refuse_token_key(paths: KeyPaths) -> None:
-    uri = os.path.join(paths.dir, "private.uri")
-    if os.path.lexists(uri):
+    if has_token_key(paths):
         msg = (
-            f"{paths.dir} holds a PKCS#11 token key ({uri}); rotate handles PEM pairs only: "
+            f"{paths.dir} holds a PKCS#11 token key ({uri_file(paths)}); rotate handles PEM "
+            "pairs only: "
             "make a new token key into a new directory with: "
             "qredo-openssl keygen --pkcs11 URI NEWDIR"
         )
