@@ -221,3 +221,11 @@ def error_message(exc: QredoOpenSSLError) -> str:
 
 def error_doc(exc: QredoOpenSSLError) -> dict[str, Any]:
     return {"code": exc.exit_code, "message": error_message(exc)}
+
+
+def findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
+    """Findings as JSON: ``{"name", "status", "message"}``, the fix hint in the message."""
+    return [
+        {"name": f.name, "status": f.status, "message": with_fix(f.message, f.fix)}
+        for f in findings
+    ]

@@ -18,6 +18,7 @@ from ._base import (
     Command,
     error_doc,
     error_message,
+    findings_doc,
     get_openssl,
     jobs_option,
     key_paths,
@@ -50,13 +51,6 @@ def register(command: Command) -> None:
     traditional_option(p)
     send_options(p)
     pkcs11_options(p)
-
-
-def _findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
-    return [
-        {"name": f.name, "status": f.status, "message": with_fix(f.message, f.fix)}
-        for f in findings
-    ]
 
 
 def _failed(findings: Sequence[q.Finding]) -> list[str]:
@@ -109,7 +103,7 @@ class _DirResult:
     def doc(self) -> dict[str, Any]:
         if self.error is not None:
             return {"dir": self.dir, "ok": False, "error": error_doc(self.error)}
-        return {"dir": self.dir, "ok": self.ok, "checks": _findings_doc(self.findings)}
+        return {"dir": self.dir, "ok": self.ok, "checks": findings_doc(self.findings)}
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
@@ -122,7 +116,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
         _existing_dir(paths, args)
         findings = q.check_keys(paths, get_openssl(args), pkcs11=pkcs11_config(args))
         if out.json_mode:
-            out.json(_findings_doc(findings))
+            out.json(findings_doc(findings))
         else:
             _show_findings(findings, out)
         return 1 if _failed(findings) else 0
@@ -193,7 +187,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     have_keys = any(os.path.lexists(p) for p in (paths.private, paths.public, paths.apikey))
     have_keys = have_keys or token is not None
     findings = q.check_keys(paths, openssl, pkcs11=pkcs11_config(args)) if have_keys else None
-    doc["checks"] = _findings_doc(findings) if findings is not None else None
+    doc["checks"] = findings_doc(findings) if findings is not None else None
     send_lines = send_doctor(args, doc)
     if out.json_mode:
         out.json(doc)

@@ -26,6 +26,7 @@ from ._base import (
     describe,
     error_doc,
     error_message,
+    findings_doc,
     get_openssl,
     jobs_option,
     key_paths,
@@ -253,8 +254,7 @@ def _keygen_token(args: argparse.Namespace, out: Output) -> int:
         doc: dict[str, Any] = {"dir": paths.dir, "uri": r.uri, "uri_file": r.uri_file}
         doc["public"] = paths.public
         doc.update(bits=r.bits, fingerprint=r.fingerprint, public_pem=r.public_pem)
-        checks = [{"name": f.name, "status": f.status, "message": f.message} for f in r.findings]
-        out.json({**doc, "checks": checks})
+        out.json({**doc, "checks": findings_doc(r.findings)})
         return 0
     out.data(r.public_pem)
     out.info(f"Made an RSA {r.bits} key inside the token: {r.uri}")
