@@ -23,7 +23,7 @@ from ._errors import BadInputError, QredoOpenSSLError, UsageError
 from ._pem import fingerprint, read_bounded
 from ._request import build_payload, check_url
 from ._sign import SignedRequest, Signer
-from ._urls import ApiBase, resolve_url, url_rewrite
+from ._urls import ApiBase, cleartext_to_remote, resolve_url, url_rewrite
 
 APIKEY_ENV = "QREDO_APIKEY"
 AUTH_HEADERS = frozenset({"x-api-key", "x-sign", "x-timestamp", "x-nonce"})
@@ -99,6 +99,11 @@ class Explanation:
 def target_url(url: str, base: ApiBase | None) -> str:
     """A path URL on the API base; :class:`UsageError` (exit 2) for a URL curl would rewrite."""
     url = resolve_url(url, base).url
+    if cleartext_to_remote(url):
+        msg = f"{url!r} is http:// to a host that is not loopback: the API key and the signed "
+        msg += "request would cross the network in clear text; use https:// (http:// is for "
+        msg += "loopback testing only)"
+        raise UsageError(msg)
     rewrite = url_rewrite(url)
     if rewrite is not None:
         msg = f"{url!r} would not be sent as signed: {rewrite}"

@@ -9,6 +9,7 @@ is named here together with the form to use instead. Nothing here runs a child.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -96,7 +97,27 @@ def _checked_base(url: str, source: str, error: type[BadInputError | UsageError]
     if m["query"] is not None or m["frag"] is not None:
         msg = f"the API base from {source} must be an https:// URL without query or fragment"
         raise error(msg)
+    if cleartext_to_remote(url):
+        msg = f"the API base from {source} is http:// to a host that is not loopback ({url!r}): "
+        msg += "the API key would go in clear text; use https://"
+        raise error(msg)
     return ApiBase(url, source)
+
+
+def cleartext_to_remote(url: str) -> bool:
+    """An ``http://`` URL to a host that is not loopback: the API key would cross the network
+    in clear text (and the signed request could be replayed). ``http://`` is for loopback
+    testing only: 127.0.0.0/8, ``::1``, ``localhost``."""
+    m = re.match(r"(?i)http://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)", url)
+    if m is None:
+        return False
+    host = m[1].strip("[]").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def resolve_url(url: str, base: ApiBase | None) -> ResolvedUrl:

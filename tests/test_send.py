@@ -236,6 +236,24 @@ def test_refused_url_forms(env: Env, url: str, use: str) -> None:
     assert url_rewrite(use) is None
 
 
+@pytest.mark.parametrize(
+    "url", ["http://192.0.2.1/company", "http://api.qredo.network/api/v1/p/x", "http://[2001:db8::1]/x"]
+)
+def test_cleartext_to_a_remote_host_is_refused(env: Env, url: str) -> None:
+    """http:// is for loopback testing: elsewhere the API key would cross the network in clear."""
+    for args, extra in (
+        (("--url", url), {}),
+        (("--url", "/company"), {"QREDO_API_BASE": url}),
+        (("--dry-run", "--url", url), {}),
+    ):
+        r = env.send(*args, env=extra)
+        assert r.returncode in (1, 2), r.stdout + r.stderr
+        assert "clear text" in r.stderr
+        assert r.stdout == ""
+    for loopback in ("http://127.0.0.1:9/x", "http://localhost:9/x", "http://[::1]:9/x"):
+        assert env.send("--dry-run", "--url", loopback).returncode == 0
+
+
 def test_sign_and_verify_warn_about_rewritten_forms(env: Env) -> None:
     url = "https://h.example:443/a"
     s = run_cli("sign", "--url", url, "--timestamp", "1700000000", str(env.dir))
