@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import fcntl
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -272,6 +273,7 @@ def finish_rotation(
         jpath = _journal_path(paths)
         found = read_journal(jpath)
         if isinstance(found, Journal):
+            _refuse_foreign(paths, found, jpath)
             with signals_held():
                 kept = _steps(paths, found, jpath)
             return _finished(paths, found, resumed=True, kept=kept)
@@ -284,6 +286,27 @@ def finish_rotation(
             write_journal(jpath, journal)
             kept = _steps(paths, journal, jpath)
         return _finished(paths, journal, resumed=False, kept=kept)
+
+
+def _refuse_foreign(paths: KeyPaths, journal: Journal, jpath: str) -> None:
+    """A journal names exactly the moves this command would plan: the live pair of ``paths``
+    to backups beside it, from ``next/``. One naming anything else (``../``, an absolute
+    path, another file: written by hand, or planted in a shared DIR) is never acted on."""
+    n = next_paths(paths)
+    expected = {
+        "private": (paths.private, n.private),
+        "public": (paths.public, n.public),
+    }
+    roles = [m.role for m in journal.moves]
+    ok = journal.next_dir == NEXT_DIR and sorted(roles) == ["private", "public"]
+    for m in journal.moves if ok else ():
+        cur, new = (os.path.relpath(p, paths.dir) for p in expected[m.role])
+        backup = re.fullmatch(re.escape(cur) + r"\.\d{8}T\d{6}Z(?:\.\d+)?\.bak", m.backup)
+        ok = ok and m.current == cur and m.next == new and backup is not None
+    if not ok:
+        msg = f"{jpath} names files this rotation does not own; nothing was changed (look at "
+        msg += "it, and remove it if nobody is rotating this key)"
+        raise BadInputError(msg)
 
 
 def _steps(paths: KeyPaths, journal: Journal, jpath: str) -> str | None:

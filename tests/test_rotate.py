@@ -534,6 +534,48 @@ def test_changed_file_is_not_moved_blindly(rotating: Path, new_key, monkeypatch)
     assert private_keys(rotating) == keys_before
 
 
+def _planted(d: Path, **changes: object) -> None:
+    """A complete journal naming what this rotation does not own."""
+    move = {"role": "private", "current": "private.pem", "next": "next/private.pem",
+            "backup": "private.pem.20260101T000000Z.bak", "old": "0" * 64, "new": "1" * 64}
+    pub = {**move, "role": "public", "current": "public.pem", "next": "next/public.pem",
+           "backup": "public.pem.20260101T000000Z.bak"}
+    doc = {"format": _journal.JOURNAL_FORMAT, "version": _journal.JOURNAL_VERSION,
+           "moves": [move, pub], "next_dir": "next", "old_fingerprint": None,
+           "new_fingerprint": "x", "complete": True}
+    doc.update(changes)
+    (d / "rotate.journal").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"moves": [], "next_dir": "VICTIM"}, id="next-dir-outside"),
+        pytest.param({"next_dir": "../victim"}, id="next-dir-dotdot"),
+        pytest.param({"moves": [{"role": "private", "current": "../victim/file",
+                                 "next": "next/private.pem", "backup": "../victim/file.bak",
+                                 "old": "0" * 64, "new": "1" * 64}]}, id="current-outside"),
+        pytest.param({"moves": []}, id="no-moves"),
+    ],
+)  # fmt: skip
+def test_a_journal_naming_foreign_files_is_never_acted_on(
+    rotating: Path, tmp_path: Path, changes: dict[str, object]
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("mine")
+    if changes.get("next_dir") == "VICTIM":
+        changes["next_dir"] = str(victim)
+    _planted(rotating, **changes)
+    before = sorted(p.name for p in rotating.iterdir())
+    r = run_cli("rotate", "finish", str(rotating))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "does not own" in r.stderr
+    assert (victim / "file").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("victim")) == ["victim"]
+    assert sorted(p.name for p in rotating.iterdir()) == before
+
+
 # -- real processes: SIGKILL at random points, SIGTERM ------------------------------------
 
 SLOW = r"""
