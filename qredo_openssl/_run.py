@@ -67,11 +67,19 @@ def find_tool(
     return os.path.abspath(found)
 
 
+SECRET_ENV = frozenset({"QREDO_APIKEY", "QREDO_PKCS11_PIN"})
+
+
 def child_env(
     environ: Mapping[str, str], extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment for a child: the caller's, plus ``extra``, with messages in the C locale."""
-    env = dict(environ)
+    """The environment for a child: the caller's, plus ``extra``, with messages in the C locale.
+
+    The secrets this tool reads from the environment (:data:`SECRET_ENV`: the API key, the
+    token PIN) reach a child only when ``extra`` hands them to it (the PIN for ``-passin
+    env:``), so an OpenSSL or curl run that has no use for them never holds them.
+    """
+    env = {k: v for k, v in environ.items() if k not in SECRET_ENV}
     env.update(extra or {})
     env["LC_ALL"] = "C"
     return env

@@ -30,7 +30,9 @@ AUTH_HEADERS = frozenset({"x-api-key", "x-sign", "x-timestamp", "x-nonce"})
 # Headers that would make curl send other bytes than were signed, or frame them differently.
 FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "expect"})
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\U0010ffff]*")
+# Not the lone surrogates that stand for undecodable bytes (a non-UTF-8 argv): they cannot
+# be sent as given.
+_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\ud7ff\ue000-\U0010ffff]*")
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -41,7 +43,8 @@ def parse_header(text: str) -> tuple[str, str]:
         msg = f"the header {text!r} is not 'Name: value'"
         raise UsageError(msg)
     if not _VALUE_RE.fullmatch(value):
-        msg = f"the header {name}: its value has a line break or control character"
+        msg = f"the header {name}: its value has a line break, a control character or bytes "
+        msg += "that are not UTF-8"
         raise UsageError(msg)
     if name.lower() in AUTH_HEADERS:
         msg = f"a header may not set {name.lower()}: the auth headers are made by signing"
@@ -192,12 +195,18 @@ class SendResult:
             return doc
         if ctype == "application/json" or ctype.endswith("+json"):
             try:
-                doc["body"] = json.loads(textual)
+                doc["body"] = json.loads(textual, parse_constant=_not_json)
                 return doc
             except (ValueError, RecursionError):
                 pass  # the server said JSON and sent something else: show it as it is
         doc["body"] = textual
         return doc
+
+
+def _not_json(name: str) -> None:
+    # NaN and Infinity: Python reads them, JSON does not have them, and --json must stay JSON.
+    msg = f"{name} is not JSON"
+    raise ValueError(msg)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,13 @@ def test_child_env_is_a_copy_in_the_c_locale():
     assert env == {"PATH": "/bin", "LANG": "de_DE.UTF-8"}
 
 
+def test_child_env_holds_secrets_only_when_handed_them():
+    """The API key and the PIN given in the environment reach no child that does not need them."""
+    env = {"PATH": "/bin", "QREDO_APIKEY": "secret-key", "QREDO_PKCS11_PIN": "1234"}
+    assert child_env(env) == {"PATH": "/bin", "LC_ALL": "C"}
+    assert child_env(env, {"QREDO_PKCS11_PIN": "1234"})["QREDO_PKCS11_PIN"] == "1234"
+
+
 def _exe(path: Path, text: str = "#!/bin/sh\necho OpenSSL 3.0.7 1 Nov 2022\n") -> Path:
     path.write_text(text)
     path.chmod(0o755)

@@ -49,6 +49,7 @@ ROUTES = {
     "/api/v1/p/text": Canned(200, [("Content-Type", "text/plain")], b"plain words"),
     "/api/v1/p/cookies": Canned(200, [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], b""),
     "/api/v1/p/slow": Canned(200, [], b"late", delay=5.0),
+    "/api/v1/p/nan": Canned(200, [("Content-Type", "application/json")], b'{"a": NaN}'),
 }
 
 
@@ -176,9 +177,12 @@ def test_extra_headers(env: Env) -> None:
     assert r.returncode == 0, r.stderr
     [got] = env.since(n)
     assert (got.header("X-Trace"), got.header("Content-Type")) == ("1 2", "text/plain")
-    for bad in ("x-sign: a", "X-Api-Key: k", "x-timestamp: 1", "x-nonce: n", "Host: h", "nocolon"):
+    undecodable = b"X: a\xffb".decode("utf-8", "surrogateescape")  # as a non-UTF-8 argv arrives
+    for bad in ("x-sign: a", "X-Api-Key: k", "x-timestamp: 1", "x-nonce: n", "Host: h", "nocolon",
+                undecodable):  # fmt: skip
         r = env.send("--url", env.srv.base + "/h", "--header", bad)
         assert r.returncode == 2, (bad, r.stderr)
+        assert "Traceback" not in r.stderr
     assert len(env.since(n)) == 1
 
 
@@ -404,6 +408,14 @@ def test_doctor_shows_curl_and_base(env: Env) -> None:
 
 
 # --- output forms ------------------------------------------------------------------------------
+
+
+def test_json_document_stays_json_for_a_nan_body(env: Env) -> None:
+    """Python's json reads NaN; a strict reader of our --json must still get valid JSON."""
+    r = env.send("--url", env.srv.base + "/nan", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert doc["body"] == '{"a": NaN}'
 
 
 def test_json_document(env: Env) -> None:
