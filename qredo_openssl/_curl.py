@@ -2,8 +2,9 @@
 
 curl is found like OpenSSL (``--curl``, ``$QREDO_CURL``, ``PATH``) and run through
 :func:`._run.run`. Its argv holds nothing secret: the API key, ``x-sign`` and every header go
-in a config file of quoted values, the body in a file, both in a private 0700 directory under
-``$TMPDIR`` that is removed afterwards (also on Ctrl-C and SIGTERM, which reach ``finally``).
+in a config of quoted values on curl's stdin (``--config -``: never on disk, even after a
+SIGKILL), the body in a file 0600 in a private 0700 directory under ``$TMPDIR`` that is removed
+afterwards (also on Ctrl-C and SIGTERM, which reach ``finally``).
 Options that keep curl from changing what was signed:
 
 - ``-q`` first: no ``~/.curlrc`` (it is only honoured as the first argument);
@@ -75,10 +76,11 @@ class Curl:
     version: CurlVersion
     source: str = "PATH"  # --curl, QREDO_CURL or PATH
 
-    def run(self, args: Sequence[str], *, timeout: float) -> Completed:
+    def run(self, args: Sequence[str], *, timeout: float, stdin: bytes = b"") -> Completed:
         return run(
-            self.path, args, tool="curl", error=CurlError, timeout=timeout, ok_codes=range(256)
-        )
+            self.path, args, tool="curl", error=CurlError, timeout=timeout, ok_codes=range(256),
+            stdin=stdin,
+        )  # fmt: skip
 
 
 def curl_source(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -173,7 +175,7 @@ def curl_command(
     argv += ["--max-time", f"{timeout:g}"]
     if cacert is not None:
         argv += ["--cacert", os.path.abspath(cacert)]
-    argv += ["--config", os.path.join(workdir, "curl.conf")]
+    argv += ["--config", "-"]  # the headers (API key, x-sign) on stdin: never on disk
     if request.body is not None:
         argv += ["--data-binary", "@" + os.path.join(workdir, "body")]
     argv += [
@@ -207,13 +209,12 @@ def perform(
     with private_tempdir(where) as work:
         cmd = curl_command(curl.path, request, work, timeout=timeout, cacert=cacert)
         lines = "".join(f"{opt} = {config_quote(value)}\n" for opt, value in cmd.config)
-        _write_temp(os.path.join(work, "curl.conf"), lines.encode("utf-8"))
         if request.body is not None:
             _write_temp(os.path.join(work, "body"), request.body)
         if before is not None:
             before(cmd)
         # curl's own --max-time fires first (exit 28, "no answer"); ours only stops a hang.
-        out = curl.run(cmd.argv[1:], timeout=timeout + 10)
+        out = curl.run(cmd.argv[1:], timeout=timeout + 10, stdin=lines.encode("utf-8"))
         if out.returncode != 0:
             raise _failure(out)
         header_bytes = _read(os.path.join(work, "response.headers"))

@@ -380,6 +380,31 @@ def test_no_secret_in_any_argv(env: Env, tmp_path: Path, make_fake) -> None:  # 
         assert "secret-body-marker" not in a
 
 
+def test_api_key_and_x_sign_never_on_disk(env: Env, tmp_path: Path) -> None:
+    """curl gets the headers on stdin: while it runs, no file of ours holds the API key or
+    x-sign (a SIGKILL then cannot leave them behind); only the body is a file (0600)."""
+    seen = tmp_path / "seen"
+    curl = tmp_path / "bin" / "curl"
+    curl.parent.mkdir()
+    curl.write_text(
+        "#!/bin/sh\n"
+        f"[ \"$1\" = --version ] || {{ cat {env.tmp}/.qredo-openssl-*/* > '{seen}'; "
+        f"ls -A {env.tmp}/.qredo-openssl-*/ > '{seen}.ls'; }}\n"
+        f"exec '{CURL}' \"$@\"\n"
+    )
+    curl.chmod(0o755)
+    (env.work / "b.json").write_bytes(b'{"k": 1}')
+    n = len(env.srv.requests)
+    r = env.send("--url", env.srv.base + "/company", "--body", "b.json", "--curl", str(curl))
+    assert r.returncode == 0, r.stderr
+    [got] = env.since(n)
+    on_disk = seen.read_bytes()
+    assert on_disk == b'{"k": 1}'  # the body file alone
+    assert APIKEY.encode() not in on_disk
+    assert str(got.header("x-sign")).encode() not in on_disk
+    assert (tmp_path / "seen.ls").read_text().split() == ["body"]
+
+
 def test_missing_and_old_curl_exit_3(env: Env, tmp_path: Path) -> None:
     n = len(env.srv.requests)
     r = env.send("--url", env.srv.base + "/x", "--curl", str(tmp_path / "no-curl"))
