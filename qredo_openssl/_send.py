@@ -102,14 +102,14 @@ class Explanation:
 def target_url(url: str, base: ApiBase | None) -> str:
     """A path URL on the API base; :class:`UsageError` (exit 2) for a URL curl would rewrite."""
     url = resolve_url(url, base).url
+    rewrite = url_rewrite(url)
+    if rewrite is not None:
+        msg = f"{url!r} would not be sent as signed: {rewrite}"
+        raise UsageError(msg)
     if cleartext_to_remote(url):
         msg = f"{url!r} is http:// to a host that is not loopback: the API key and the signed "
         msg += "request would cross the network in clear text; use https:// (http:// is for "
         msg += "loopback testing only)"
-        raise UsageError(msg)
-    rewrite = url_rewrite(url)
-    if rewrite is not None:
-        msg = f"{url!r} would not be sent as signed: {rewrite}"
         raise UsageError(msg)
     return url
 

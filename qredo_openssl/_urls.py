@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ._errors import BadInputError, UsageError
 from ._pem import read_bounded
@@ -24,6 +24,7 @@ API_BASE_ENV = "QREDO_API_BASE"
 API_BASE_FILE = "api-base"
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _SAFE_CHARS_RE = re.compile(r"[\x21-\x7e]*")
+_IPV4_PART_RE = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
 _URL_RE = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<auth>[^/?#]*)(?P<path>[^?#]*)"
     r"(?P<query>\?[^#]*)?(?P<frag>#.*)?",
@@ -163,7 +164,17 @@ def url_rewrite(url: str) -> Rewrite | None:
         use_ok = False
     if scheme != scheme.lower() or host != host.lower():
         problems.append("upper-case letters in the scheme or host are lowered by clients")
+    if "%" in host:
+        problems.append("a percent-encoded host is decoded by clients")
+        host = unquote(host)
+    canonical = _canonical_ipv4(host)
+    if canonical is not None and canonical != host:
+        problems.append(f"the address {host!r} is sent as {canonical} in the Host header")
+        host = canonical
     if port is not None:
+        if port.isdigit() and 0 < int(port) < 65536 and str(int(port)) != port:
+            problems.append(f"the port {port!r} is sent as {int(port)}")
+            port = str(int(port))
         if port in ("", _DEFAULT_PORTS[scheme.lower()]):
             problems.append(f"the port ':{port}' is left out of the Host header by clients")
             port = None
@@ -181,6 +192,25 @@ def url_rewrite(url: str) -> Rewrite | None:
     hostport_text = host.lower() + (f":{port}" if port is not None else "")
     use = f"{scheme.lower()}://{hostport_text}{path}{query}" if use_ok else None
     return Rewrite(tuple(problems), use)
+
+
+def _canonical_ipv4(host: str) -> str | None:
+    """The dotted-decimal form curl sends for a host that is an IPv4 address in any of the
+    forms it accepts (``127.1``, ``0x7f.0.0.1``, ``2130706433``, ``0177.0.0.1``); None for a
+    name."""
+    parts = host.split(".")
+    if not host or len(parts) > 4 or not all(_IPV4_PART_RE.fullmatch(p) for p in parts):
+        return None
+    try:
+        nums = [int(p, 16) if p[:2].lower() == "0x" else int(p, 8) if len(p) > 1 and
+                p[0] == "0" else int(p) for p in parts]  # fmt: skip
+    except ValueError:  # "08": not octal, so not an address curl takes
+        return None
+    *head, last = nums
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(nums)):
+        return None
+    value = sum(n << (8 * (3 - i)) for i, n in enumerate(head)) + last
+    return ".".join(str((value >> s) & 255) for s in (24, 16, 8, 0))
 
 
 def _ascii_form(url: str) -> str:

@@ -226,6 +226,11 @@ def test_api_base_precedence(env: Env) -> None:
         pytest.param("https://h.example/café", "https://h.example/caf%C3%A9", id="non-ascii"),
         pytest.param("https://h.example/a\tb", "https://h.example/a%09b", id="control"),
         pytest.param("https://café.example/a", "https://xn--caf-dma.example/a", id="idn-host"),
+        pytest.param("https://h.example:08443/a", "https://h.example:8443/a", id="port-zero"),
+        pytest.param("https://127.1:8443/a", "https://127.0.0.1:8443/a", id="short-ipv4"),
+        pytest.param("https://0x7f.0.0.1/a", "https://127.0.0.1/a", id="hex-ipv4"),
+        pytest.param("https://2130706433/a", "https://127.0.0.1/a", id="int-ipv4"),
+        pytest.param("https://%31%32%37.0.0.1/a", "https://127.0.0.1/a", id="encoded-host"),
     ],
 )
 def test_refused_url_forms(env: Env, url: str, use: str) -> None:
