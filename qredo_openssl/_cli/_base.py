@@ -132,6 +132,15 @@ def paths_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apikey", metavar="FILE", help="API key path (default DIR/apikey)")
 
 
+def dirs_of(args: argparse.Namespace) -> list[str]:
+    """The DIRs of a many-DIR command (default: ``.``); the single-file overrides take one."""
+    dirs: list[str] = args.dirs or ["."]
+    if len(dirs) > 1 and (args.private or args.public or args.apikey):
+        msg = "--private/--public/--apikey name single files: give one DIR with them"
+        raise UsageError(msg)
+    return dirs
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (``-j 0`` would run nothing)."""
     try:

@@ -12,10 +12,11 @@ from typing import Any
 import qredo_openssl as q
 
 from .._defaults import QREDO_BITS
-from .._errors import BadInputError, OpenSSLError, QredoOpenSSLError, UsageError
+from .._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from .._ui import Output
 from ._base import (
     Command,
+    dirs_of,
     error_doc,
     error_message,
     findings_doc,
@@ -107,10 +108,7 @@ class _DirResult:
 
 
 def cmd_check(args: argparse.Namespace, out: Output) -> int:
-    dirs = args.dirs or ["."]
-    if len(dirs) > 1 and (args.private or args.public or args.apikey):
-        msg = "--private/--public/--apikey name single files: give one DIR with them"
-        raise UsageError(msg)
+    dirs = dirs_of(args)
     if len(dirs) == 1:
         paths = key_paths(args, dirs[0])
         _existing_dir(paths, args)

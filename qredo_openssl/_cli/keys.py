@@ -24,6 +24,7 @@ from .._ui import Output
 from ._base import (
     Command,
     describe,
+    dirs_of,
     error_doc,
     error_message,
     findings_doc,
@@ -103,10 +104,7 @@ def register(command: Command) -> None:
 def cmd_keygen(args: argparse.Namespace, out: Output) -> int:
     if args.pkcs11 is not None:
         return _keygen_token(args, out)
-    dirs = args.dirs or ["."]
-    if len(dirs) > 1 and (args.private or args.public or args.apikey):
-        msg = "--private/--public/--apikey name single files: give one DIR with them"
-        raise UsageError(msg)
+    dirs = dirs_of(args)
     if args.force and args.skip_existing:
         raise UsageError("keygen: --skip-existing and --force cannot be given together")
     openssl = get_openssl(args)
