@@ -841,9 +841,27 @@ def test_signal_right_after_the_first_line_exits_130(tmp_path: Path, sig: int) -
         assert err.strip().endswith(b"error: interrupted")
 
 
+def _console_exit_code(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Run the console script in-process (no core limit, fresh signal records), restore the
+    signal handlers it installs, and return its exit code."""
+    from qredo_openssl import _console
+
+    monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
+    monkeypatch.setattr(_console, "_received", [])
+    monkeypatch.setattr(_console, "_ending", [])
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            _console.console_main()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    return exit_.value.code
+
+
 def test_a_swallowed_signal_still_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal whose exception something caught (a fork hook) is not lost."""
-    from qredo_openssl import _cli, _console
+    from qredo_openssl import _cli
     from qredo_openssl._errors import Interrupted
 
     def swallowing_main() -> int:
@@ -855,17 +873,7 @@ def test_a_swallowed_signal_still_exits_130(monkeypatch: pytest.MonkeyPatch) -> 
         return 0
 
     monkeypatch.setattr(_cli, "main", swallowing_main)
-    monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
-    monkeypatch.setattr(_console, "_received", [])
-    monkeypatch.setattr(_console, "_ending", [])
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            _console.console_main()
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-    assert exit_.value.code == 130
+    assert _console_exit_code(monkeypatch) == 130
 
 
 def test_a_signal_in_a_weakref_callback_still_stops_the_run(
@@ -874,7 +882,7 @@ def test_a_signal_in_a_weakref_callback_still_stops_the_run(
     """Python only prints an exception raised in a callback: no traceback, and no going on."""
     import weakref
 
-    from qredo_openssl import _cli, _console
+    from qredo_openssl import _cli
 
     reached: list[str] = []
 
@@ -895,18 +903,8 @@ def test_a_signal_in_a_weakref_callback_still_stops_the_run(
         return 0 if ref is not None else 1
 
     monkeypatch.setattr(_cli, "main", main_with_a_callback)
-    monkeypatch.setattr(_console, "_no_core_dumps", lambda: None)
-    monkeypatch.setattr(_console, "_received", [])
-    monkeypatch.setattr(_console, "_ending", [])
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            _console.console_main()
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-    assert exit_.value.code == 130
+    assert _console_exit_code(monkeypatch) == 130
     assert reached == []
     err = capsys.readouterr().err
     assert "Traceback" not in err
