@@ -87,4 +87,9 @@ def console_main() -> None:
         with contextlib.suppress(OSError, ValueError):  # stderr closed: the code still says it
             sys.stderr.write("error: interrupted\n")
         code = EXIT_INTERRUPTED
+    # CPython 3.8-3.13 remembers a KeyboardInterrupt that left an exec() of a string (a
+    # dataclass or namedtuple being made when Ctrl-C came, even one caught since) and, under
+    # `python -m`, then ends the process by SIGINT instead of exiting with `code`. An exec()
+    # of a string starts by forgetting it.
+    exec("")  # noqa: S102
     sys.exit(code)

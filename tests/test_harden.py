@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, spawn_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -839,6 +839,21 @@ def test_signal_right_after_the_first_line_exits_130(tmp_path: Path, sig: int) -
         assert proc.returncode == 130, err
         assert b"Traceback" not in err
         assert err.strip().endswith(b"error: interrupted")
+
+
+def test_ctrl_c_inside_generated_code_exits_130_under_python_m(tmp_path: Path) -> None:
+    """Ctrl-C that lands while a dataclass or namedtuple is being made (code run by exec())
+    exits 130, not by SIGINT: CPython would otherwise remember it and kill the process."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import qredo_openssl._cli as cli\n"
+        "def main(argv=None):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "cli.main = main\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = spawn_cli("check", str(tmp_path), env=env)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "error: interrupted"
 
 
 def _console_exit_code(monkeypatch: pytest.MonkeyPatch) -> object:
