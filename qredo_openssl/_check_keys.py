@@ -6,6 +6,9 @@ on them), so that every import points down.
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 from ._checks import (
     Finding,
     check_apikey,
@@ -14,10 +17,11 @@ from ._checks import (
     check_public,
     check_rotation,
 )
-from ._files import KeyPaths
+from ._files import URI_NAME, KeyPaths
 from ._openssl import OpenSSL
-from ._pkcs11 import Pkcs11Options, has_token_key
-from ._pkcs11_keys import check_token_key
+
+if TYPE_CHECKING:
+    from ._pkcs11 import Pkcs11Options
 
 
 def check_keys(
@@ -27,7 +31,9 @@ def check_keys(
 
     A directory whose ``private.uri`` names a key in a PKCS#11 token is checked through it.
     """
-    if has_token_key(paths):
+    if os.path.lexists(os.path.join(paths.dir, URI_NAME)):
+        from ._pkcs11_keys import check_token_key  # here: a PEM pair never needs it
+
         keys = check_token_key(paths, openssl, pkcs11)
     else:
         private, derived = check_private(paths.private, openssl)

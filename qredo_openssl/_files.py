@@ -18,6 +18,8 @@ from ._errors import BadInputError, RefusedOverwriteError, UsageError, WriteErro
 # swapping the pairs writes its steps down in DIR/rotate.journal first.
 NEXT_DIR = "next"
 ROTATE_JOURNAL = "rotate.journal"
+# A directory whose private key lives in a PKCS#11 token names it here (``keygen --pkcs11``).
+URI_NAME = "private.uri"
 
 
 def ensure_dir(path: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ._errors import BadInputError, ToolError
-from ._files import KeyPaths
+from ._files import URI_NAME, KeyPaths
 from ._openssl import OpenSSL
 from ._pem import read_bounded
 from ._pkcs11_errors import PIN_REFUSED_RE, TokenError, token_error
@@ -30,7 +30,6 @@ from ._run import Completed, find_tool, run, text
 
 Route = Literal["engine", "provider"]
 ROUTES: tuple[Route, ...] = ("engine", "provider")
-URI_NAME = "private.uri"
 PIN_ENV = "QREDO_PKCS11_PIN"
 MODULE_ENV = "QREDO_PKCS11_MODULE"
 TOOL_ENV = "QREDO_PKCS11_TOOL"

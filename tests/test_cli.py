@@ -57,6 +57,28 @@ def test_usage_errors_exit_2_with_one_line(argv, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_option_value_that_names_a_command_is_still_a_value(make_fake, tmp_path):
+    """Only the invoked command's parser is built; a value that names another command (the
+    OpenSSL binary here is a file called ``check``) must not mislead that guess."""
+    fake = make_fake("1.1.1")
+    named = tmp_path / "bin" / "check"
+    named.parent.mkdir()
+    named.symlink_to(fake.path)
+    path = os.pathsep.join([str(named.parent), os.environ.get("PATH", "")])
+    r = run_cli("--openssl", "check", "--json", "keygen", "--dry-run", str(tmp_path / "k"),
+                env={"PATH": path})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["openssl"]["path"].endswith("check")
+
+
+def test_a_misspelled_command_gets_the_nearest_name():
+    r = run_cli("chek", ".")
+    assert r.returncode == 2
+    assert "did you mean check?" in r.stderr
+    for name in ("keygen", "sign", "send", "rotate"):  # the choices name every command
+        assert name in r.stderr
+
+
 def test_usage_error_as_json(tmp_path):
     r = run_cli("--json", "keygen", "--bits", "7", cwd=tmp_path)
     assert r.returncode == 2

@@ -60,6 +60,13 @@ def test_paths_without_openssl_import_nothing_heavy(args: list[str]) -> None:
     assert [m for m in HEAVY if m in mods] == []
 
 
+def test_version_builds_no_command() -> None:
+    mods = imported("--version")
+    assert sorted(m for m in mods if m.startswith("qredo_openssl._cli.")) == [
+        "qredo_openssl._cli._base"
+    ]
+
+
 def test_json_apikey_imports_nothing_heavy(tmp_path: Path) -> None:
     key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
     mods = imported("--json", "apikey", str(tmp_path / "k"), input=key + "\n")

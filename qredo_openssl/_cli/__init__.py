@@ -8,6 +8,7 @@ package must stay cheap: ``--version`` and ``--help`` never load ``sh`` or ``ric
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import sys
 from collections.abc import Sequence
@@ -16,10 +17,18 @@ from .._defaults import DEFAULT_TIMEOUT
 from .._errors import EXIT_INTERRUPTED, Interrupted, QredoOpenSSLError, UsageError
 from .._ui import Output
 from .._version import __version__
-from . import checks, keys, requests, rotate, send
 from ._base import Command, Handler, Parser, common, error_message
 
-GROUPS = (keys, checks, requests, send, rotate)
+# The command modules, in the order of the help, and the commands each registers. A run
+# imports and builds only its command's module: each costs milliseconds at every start.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "keys": ("keygen", "pubkey", "convert", "apikey"),
+    "checks": ("check", "doctor"),
+    "requests": ("sign", "verify"),
+    "send": ("send",),
+    "rotate": ("rotate",),
+}
+_HELP = ("-h", "--help")
 
 
 class _VersionAsked(Exception):
@@ -33,11 +42,28 @@ class _Version(argparse.Action):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     """The parser, and the handler of each command."""
-    parser, command = _build()
+    parser, command = _build(tuple(GROUPS))
     return parser, command.handlers
 
 
-def _build() -> tuple[argparse.ArgumentParser, Command]:
+def _groups_for(argv: Sequence[str]) -> Sequence[str]:
+    """The module of the command in ``argv``; all of them for the help or no known command.
+
+    A guess: an option value before the command that is also a command's name can mislead
+    it; main() then parses again with every command.
+    """
+    for arg in argv:
+        if arg in _HELP or arg == "--":
+            break
+        if arg == "--version":
+            return ()
+        group = next((g for g, names in GROUPS.items() if arg in names), None)
+        if group is not None:
+            return (group,)
+    return tuple(GROUPS)
+
+
+def _build(groups: Sequence[str]) -> tuple[argparse.ArgumentParser, Command]:
     shared = common()
     parser = Parser(
         prog="qredo-openssl",
@@ -50,8 +76,8 @@ def _build() -> tuple[argparse.ArgumentParser, Command]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     command = Command(sub, shared)
-    for group in GROUPS:
-        group.register(command)
+    for group in groups:
+        importlib.import_module(f"{__name__}.{group}").register(command)
     return parser, command
 
 
@@ -96,8 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet="-q" in argv or "--quiet" in argv,
     )
     try:
-        parser, command = _build()
-        args, extra = parser.parse_known_args(argv)
+        groups = _groups_for(argv)
+        parser, command = _build(groups)
+        try:
+            args, extra = parser.parse_known_args(argv)
+        except UsageError:
+            if len(groups) == len(GROUPS):
+                raise
+            parser, command = _build(tuple(GROUPS))  # the guess was wrong, or the error names all
+            args, extra = parser.parse_known_args(argv)
         if extra:
             raise _unrecognized(command, getattr(args, "command", None), extra)
         handlers = command.handlers

@@ -177,13 +177,16 @@ def pkcs11_options(p: argparse.ArgumentParser) -> None:
                    help="read the token PIN from FILE (default $QREDO_PKCS11_PIN)")  # fmt: skip
 
 
-def pkcs11_config(args: argparse.Namespace) -> Pkcs11Options:
+def pkcs11_config(args: argparse.Namespace) -> Pkcs11Options | None:
+    """The PKCS#11 options given; None when none was (the defaults, and no import of
+    :mod:`.._pkcs11`, which a PEM pair never needs)."""
+    given = [getattr(args, name, None)
+             for name in ("pkcs11_module", "pkcs11_tool", "pkcs11_route", "pin_file")]  # fmt: skip
+    if not any(given):
+        return None
     from .._pkcs11 import Pkcs11Options
 
-    return Pkcs11Options(
-        getattr(args, "pkcs11_module", None), getattr(args, "pkcs11_tool", None),
-        getattr(args, "pkcs11_route", None), getattr(args, "pin_file", None),
-    )  # fmt: skip
+    return Pkcs11Options(*given)
 
 
 def key_paths(args: argparse.Namespace, directory: str) -> q.KeyPaths:

@@ -214,12 +214,12 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
 def _token_doc(paths: q.KeyPaths, openssl: q.OpenSSL, args: argparse.Namespace) -> dict[str, Any]:
     """Route, module and token of a token key, for ``doctor``; what cannot be found is said."""
-    from .._pkcs11 import decide_route, find_module, uri_file
+    from .._pkcs11 import Pkcs11Options, decide_route, find_module, uri_file
     from .._pkcs11_uri import read_uri_file
 
     doc: dict[str, Any] = dict.fromkeys(
         ("uri", "token", "route", "route_reason", "module", "module_source", "error"))
-    opts = pkcs11_config(args)
+    opts = pkcs11_config(args) or Pkcs11Options()
     try:
         uri = read_uri_file(uri_file(paths))
         doc.update(uri=str(uri), token=uri.token)
