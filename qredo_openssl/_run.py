@@ -96,6 +96,7 @@ class Completed:
 
 
 _live: dict[int, Any] = {}  # id -> sh RunningCommand (not hashable)
+_pidfds: dict[int, int] = {}  # id -> a pidfd of that child (Linux 5.3+, Python 3.9+)
 _live_lock = threading.Lock()
 _stopping = threading.Event()
 
@@ -112,8 +113,7 @@ def killing_children() -> Iterator[None]:
         procs = list(_live.values())
     try:
         for proc in procs:
-            with contextlib.suppress(OSError):  # already gone
-                proc.kill()
+            _kill(proc)
         yield
     finally:
         _stopping.clear()
@@ -226,6 +226,9 @@ def run(
         if proc is not None:
             with _live_lock:
                 _live.pop(id(proc), None)
+                fd = _pidfds.pop(id(proc), None)
+            if fd is not None and fd != _REAPED:
+                os.close(fd)
 
 
 def _wait(
@@ -244,8 +247,7 @@ def _wait(
 
     def expire() -> None:
         expired.set()
-        with contextlib.suppress(OSError):  # exited meanwhile
-            proc.kill()
+        _kill(proc)
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -268,9 +270,40 @@ def _wait(
     return Completed(argv, proc.exit_code, bytes(proc.stdout), bytes(proc.stderr))
 
 
-def _kill_and_reap(proc: Any) -> None:
+def _kill(proc: Any) -> None:
+    """SIGKILL a child of ours, through its pidfd where there is one.
+
+    sh's own ``kill()`` is ``os.kill(pid)``: once the child has exited and been reaped (by
+    ``wait`` in another thread), that pid may already be another process's. A pidfd names
+    this child only; signalling a reaped one fails (ESRCH), harmlessly.
+    """
+    with _live_lock:
+        fd = _pidfds.get(id(proc))
+    if fd == _REAPED:
+        return
     with contextlib.suppress(OSError):  # it exited (and was reaped) meanwhile
-        proc.kill()
+        if fd is None:
+            proc.kill()
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)  # type: ignore[attr-defined,unused-ignore]
+
+
+_REAPED = -1  # in _pidfds: the child was gone before its pidfd could be opened
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd of ``pid``; ``_REAPED`` if it is gone; None where there are no pidfds (not
+    Linux >= 5.3 with Python >= 3.9: ``os.kill`` then)."""
+    try:
+        return os.pidfd_open(pid)  # type: ignore[attr-defined,no-any-return,unused-ignore]
+    except ProcessLookupError:
+        return _REAPED
+    except (AttributeError, OSError):
+        return None
+
+
+def _kill_and_reap(proc: Any) -> None:
+    _kill(proc)
     with contextlib.suppress(Exception):  # sh reports the killed child as an error: expected
         proc.wait()
 
@@ -342,15 +375,38 @@ def _start(
         msg = f"cannot run {path}: {exc.strerror or exc}"
         raise error(msg, argv=argv) from None
     except sh_mod.ForkException as exc:  # exec failed in the child, e.g. "Exec format error"
+        _reap_failed_fork(exc)
         why = str(exc).strip().splitlines()[-1].strip()
         msg = f"cannot run {path}: {why}"
         raise error(msg, argv=argv) from None
+    # Opened at once, before the child can have been reaped, unless it exited in this very
+    # instant (then there is nothing left to kill).
+    fd = _open_pidfd(proc.pid)
     with _live_lock:
         _live[id(proc)] = proc
-        if _stopping.is_set():
-            with contextlib.suppress(OSError):
-                proc.kill()
+        if fd is not None:
+            _pidfds[id(proc)] = fd
+        stopping = _stopping.is_set()
+    if stopping:
+        _kill(proc)
     return proc
+
+
+def _reap_failed_fork(exc: BaseException) -> None:
+    """Reap the child whose exec failed: sh reports it but leaves it a zombie.
+
+    Its pid is known only to sh's process object, found in the traceback (the deepest
+    ``self`` with a ``pid``); if sh ever changes that, the zombie stays until we exit.
+    """
+    pid = None
+    tb = exc.__traceback__
+    while tb is not None:
+        found = getattr(tb.tb_frame.f_locals.get("self"), "__dict__", {}).get("pid")
+        pid = found if isinstance(found, int) and found > 0 else pid
+        tb = tb.tb_next
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):  # reaped already
+            os.waitpid(pid, 0)
 
 
 def text(data: bytes | str) -> str:

@@ -170,6 +170,20 @@ def test_run_unrunnable(tmp_path):
     bad.chmod(0o755)
     with pytest.raises(q.OpenSSLError, match=r"cannot run .*Exec format error"):
         run_openssl(str(bad), ["version"])
+    assert _zombies() == []  # the child whose exec failed was reaped
+
+
+def _zombies() -> list[int]:
+    """This process's children that exited and were never reaped, from /proc."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat_file.read_text().rsplit(") ", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(ppid) == os.getpid() and state == "Z":
+            found.append(int(stat_file.parent.name))
+    return found
 
 
 def test_child_umask_is_077(tmp_path):
@@ -233,3 +247,28 @@ def test_silent_binary_is_not_openssl(tmp_path):
     fake = _exe(tmp_path / "openssl", "#!/bin/sh\nexit 0\n")
     with pytest.raises(q.OpenSSLError, match="printed no version"):
         q.detect_openssl(str(fake))
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here (Linux >= 5.3)")
+def test_a_reaped_child_is_never_signalled_by_its_pid(tmp_path, monkeypatch):
+    """Once a child is reaped its pid may be another process's: a late kill (a timeout
+    firing, Ctrl-C in another thread) goes through the child's pidfd, never ``os.kill``."""
+    from qredo_openssl import _run as run_module
+    from qredo_openssl._shload import load_sh
+
+    exe = _exe(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
+    argv = (str(exe),)
+    proc = run_module._start(
+        load_sh(), str(exe), [], argv, "quick", q.ToolError, b"", None, dict(os.environ), (0,)
+    )
+    try:
+        proc.wait()  # exited and reaped: its pid is free for anyone
+        sent: list[int] = []
+        monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(pid))
+        run_module._kill(proc)
+        assert sent == []
+    finally:
+        fd = run_module._pidfds.pop(id(proc), None)
+        run_module._live.pop(id(proc), None)
+        if fd is not None and fd >= 0:
+            os.close(fd)
