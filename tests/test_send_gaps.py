@@ -95,9 +95,11 @@ def test_head_with_a_body_is_a_usage_error_before_anything_runs(
     assert r.returncode == 2, r.stderr
     line = one_line_error(r)
     assert line.startswith("error: qredo-openssl send: "), line
-    assert f"--method {method}" in line and "no body" in line
+    assert f"--method {method}" in line
+    assert "no body" in line
     assert r.stdout == ""
-    assert not openssl_log.exists() and not curl_log.exists(), "a tool ran"
+    assert not openssl_log.exists(), "openssl ran"
+    assert not curl_log.exists(), "curl ran"
     j = run_cli("--json", *args)
     assert j.returncode == 2
     assert json.loads(j.stdout)["error"]["code"] == 2
@@ -114,7 +116,8 @@ def test_head_without_a_body_is_still_sent_as_a_head(
     # The test server answers HEAD with 501: enough to show it went out, and as a HEAD.
     assert r.returncode == 5, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["request"]["method"] == "HEAD" and doc["status"] == 501
+    assert doc["request"]["method"] == "HEAD"
+    assert doc["status"] == 501
 
 
 def test_request_dir_with_head_and_a_body_is_a_usage_error(tmp_path: Path, key_dir: Path) -> None:
@@ -130,7 +133,8 @@ def test_request_dir_with_head_and_a_body_is_a_usage_error(tmp_path: Path, key_d
         assert r.returncode == 2, r.stderr
         line = one_line_error(r)
         assert line == "error: qredo-openssl send: a HEAD request carries no body", line
-    assert not openssl_log.exists() and not curl_log.exists(), "a tool ran"
+    assert not openssl_log.exists(), "openssl ran"
+    assert not curl_log.exists(), "curl ran"
 
 
 # --- a batch body_file that would block ---------------------------------------------------------
@@ -192,10 +196,12 @@ def test_send_batch_fifo_body_file_fails_alone(
     assert r.returncode == 1, r.stderr
     out = [json.loads(x) for x in r.stdout.splitlines()]
     assert [o["line"] for o in out] == [1, 2, 3]
-    assert out[0]["status"] == 200 and out[2]["status"] == 200
+    assert out[0]["status"] == 200
+    assert out[2]["status"] == 200
     assert out[1]["error"]["code"] == 1
     assert "fifo.json is not a regular file" in out[1]["error"]["message"]
-    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("error:") == 1
+    assert "Traceback" not in r.stderr
     assert [q.target for q in server.requests[n:]] == ["/api/v1/p/one", "/api/v1/p/three"]
 
 
@@ -211,7 +217,8 @@ def test_sign_batch_fifo_body_file_fails_alone(tmp_path: Path, key_dir: Path) ->
     assert "x-sign" in doc["results"][0]["headers"]
     assert "x-sign" in doc["results"][2]["headers"]
     error = doc["results"][1]["error"]
-    assert error["code"] == 1 and "fifo.json is not a regular file" in error["message"]
+    assert error["code"] == 1
+    assert "fifo.json is not a regular file" in error["message"]
 
 
 def test_send_batch_head_line_with_a_body_is_that_lines_usage_error(
@@ -223,8 +230,9 @@ def test_send_batch_head_line_with_a_body_is_that_lines_usage_error(
     batch = tmp_path / "b.jsonl"
     batch.write_text("".join(json.dumps(x) + "\n" for x in lines))
     n = len(server.requests)
+    env = {"NO_PROXY": "127.0.0.1", "QREDO_APIKEY": ""}
     r = run_cli("send", "--cacert", str(tls.ca), "--api-base", server.base, "--batch",
-                str(batch), str(key_dir), env={"NO_PROXY": "127.0.0.1", "QREDO_APIKEY": ""})  # fmt: skip
+                str(batch), str(key_dir), env=env)  # fmt: skip
     assert r.returncode == 2, r.stderr
     out = [json.loads(x) for x in r.stdout.splitlines()]
     assert out[0]["error"] == {"code": 2, "message": "line 1: a HEAD request carries no body"}
