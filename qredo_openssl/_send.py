@@ -12,13 +12,22 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._apikey import load_apikey, validate_apikey
-from ._curl import Curl, CurlCommand, HttpRequest, HttpResponse, check_cacert, perform
+from ._curl import (
+    Curl,
+    CurlCommand,
+    HttpRequest,
+    HttpResponse,
+    check_cacert,
+    curl_command,
+    perform,
+)
 from ._errors import AnswerError, BadInputError, UsageError
 from ._request import build_payload, check_body_allowed, check_url
 from ._sign import SignedRequest, Signer, SigningKey
@@ -269,6 +278,22 @@ class Sender:
 
     def explain(self, signed: SignedRequest, body: bytes, cmd: CurlCommand | None) -> Explanation:
         return explain_request(self.signer, signed, body, cmd)
+
+    def dry_run(
+        self, url: str, body: bytes | None, *, method: str | None = None,
+        body_file: str | None = None,
+    ) -> tuple[SignedRequest, CurlCommand]:  # fmt: skip
+        """Sign as :meth:`send` would (no API key needed: nothing is sent) and return the curl
+        command it would run, the API key redacted from its config; its private directory
+        is named ``$TMPDIR/.qredo-openssl-XXXXXX`` (made only when sending)."""
+        signed = self.signer.sign(self.target(url), body or b"", method=method,
+                                  has_body=body is not None, body_file=body_file)  # fmt: skip
+        tmp = self.tmpdir or os.environ.get("TMPDIR") or tempfile.gettempdir()
+        work = os.path.join(tmp, ".qredo-openssl-XXXXXX")
+        cmd = curl_command(self.curl.path, self.http_request(signed, body), work,
+                           timeout=self.timeout, cacert=self.cacert)  # fmt: skip
+        config = tuple((o, redact(v, self.signer.apikey)) for o, v in cmd.config)
+        return signed, CurlCommand(cmd.argv, config)
 
     def send(
         self,

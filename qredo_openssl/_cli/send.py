@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import shlex
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -228,28 +226,19 @@ def _dry_run(
     args: argparse.Namespace, out: Output, sender: Sender, url: str, body: bytes | None,
     method: str | None, body_file: str | None,
 ) -> int:  # fmt: skip
-    from .._curl import config_quote, curl_command
-    from .._send import redact
+    from .._curl import config_quote
 
-    target = sender.target(url)
-    signed = sender.signer.sign(target, body or b"", method=method, has_body=body is not None,
-                                body_file=body_file)  # fmt: skip
-    request = sender.http_request(signed, body)
-    tmp = os.environ.get("TMPDIR") or tempfile.gettempdir()
-    work = os.path.join(tmp, ".qredo-openssl-XXXXXX")
-    cmd = curl_command(sender.curl.path, request, work, timeout=sender.timeout,
-                       cacert=sender.cacert)  # fmt: skip
-    config = [(o, redact(v, sender.signer.apikey)) for o, v in cmd.config]
+    signed, cmd = sender.dry_run(url, body, method=method, body_file=body_file)
     if args.explain:
         show_explanation(sender.explain(signed, body or b"", cmd), sender.base)
     if out.json_mode:
         req = {"method": signed.method, "url": signed.url, "timestamp": signed.timestamp}
-        lines = [f"{o} = {config_quote(v)}" for o, v in config]
+        lines = [f"{o} = {config_quote(v)}" for o, v in cmd.config]
         doc: dict[str, Any] = {"request": req, "curl": list(cmd.argv), "config": lines}
         out.json(doc)
     else:
         out.data(shlex.join(cmd.argv))
-        out.data("".join(f"{o} = {config_quote(v)}\n" for o, v in config))
+        out.data("".join(f"{o} = {config_quote(v)}\n" for o, v in cmd.config))
     out.info("dry run: nothing was sent")
     return 0
 
