@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError
 from ._request import BODY_LIMIT, read_body
 from ._run import map_in_threads
 from ._sign import SignedRequest, Signer
+
+if TYPE_CHECKING:
+    from ._send import Sender, SendResult
 
 T = TypeVar("T")
 BATCH_LIMIT = 256 * 1024 * 1024
@@ -154,12 +158,13 @@ class _Budget:
 
 
 def _body_size(path: str) -> int:
-    """What reading ``path`` will hold: its size, or the bound for a pipe or an unknown."""
+    """What reading ``path`` will hold: its size (0 for what is not a regular file: the read
+    refuses it at once)."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return 0  # the read itself will fail and say why
-    return min(st.st_size, BODY_LIMIT + 1) if os.path.isfile(path) else BODY_LIMIT + 1
+    return min(st.st_size, BODY_LIMIT + 1) if stat.S_ISREG(st.st_mode) else 0
 
 
 def _at_line(line: int, exc: QredoOpenSSLError) -> QredoOpenSSLError:
@@ -204,7 +209,8 @@ def each_line(
     order and ``on_item`` sees each in that order as soon as it is ready, so output can
     stream. Whatever a line holds, its failure is ``failed(line, error)`` in its place and
     never stops the others. A relative ``body_file`` is found in ``base`` (the batch file's
-    folder; None: the current directory); the bodies all jobs hold at once stay within
+    folder; None: the current directory) and must be a regular file (a FIFO is that line's
+    error, never waited on); the bodies all jobs hold at once stay within
     :data:`BODY_BUDGET` bytes. On Ctrl-C or SIGTERM every child is killed before the
     interrupt propagates.
     """
@@ -231,7 +237,9 @@ def each_line(
                 body_file = os.path.join(base, body_file) if base else body_file
                 held = _body_size(body_file)
                 budget.take(held)
-                body = read_body(body_file)
+                # A regular file only, opened without blocking: a FIFO or a device is this
+                # line's error at once, never a worker stuck where Ctrl-C cannot reach it.
+                body = read_body(body_file, regular_only=True)
             return work(line, req, body, body_file)
         except QredoOpenSSLError as exc:
             return failed(line, _at_line(line, exc))
@@ -270,3 +278,54 @@ def sign_batch(
         return BatchItem(line, None, error)
 
     return each_line(lines, sign, failed, jobs=jobs, on_item=on_item, base=base)
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One batch line's outcome: a response, or the error that stopped it."""
+
+    line: int
+    result: SendResult | None
+    error: QredoOpenSSLError | None = field(default=None)
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        assert self.result is not None
+        return self.result.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        if self.result is not None:
+            return {"line": self.line, **self.result.to_json()}
+        assert self.error is not None
+        return {"line": self.line,
+                "error": {"code": self.error.exit_code, "message": str(self.error)}}  # fmt: skip
+
+
+def send_batch(
+    sender: Sender,
+    lines: Iterable[tuple[int, bytes]],
+    *,
+    jobs: int | None = 1,
+    on_item: Callable[[SendItem], None] | None = None,
+    base: str | None = None,
+) -> list[SendItem]:
+    """Send JSON Lines requests, read as ``sign --batch`` reads them, in input order.
+
+    Each is signed right before it is sent; ``jobs`` (default 1) run at once. A bad line is
+    an item with its error and never stops the others; a relative ``body_file`` is found in
+    ``base`` (see :func:`each_line`).
+    """
+
+    def send(line: int, req: BatchRequest, body: bytes | None, body_file: str | None) -> SendItem:
+        result = sender.send(
+            req.url, body, method=req.method, timestamp=req.timestamp, nonce=req.nonce,
+            body_file=body_file,
+        )  # fmt: skip
+        return SendItem(line, result)
+
+    def failed(line: int, error: QredoOpenSSLError) -> SendItem:
+        return SendItem(line, None, error)
+
+    return each_line(lines, send, failed, jobs=jobs or 1, on_item=on_item, base=base)

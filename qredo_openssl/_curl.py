@@ -158,6 +158,13 @@ class HttpResponse:
     body: bytes
 
 
+def check_cacert(cacert: str | None) -> None:
+    """A CA certificate file to trust must exist before anything is signed (exit 1)."""
+    if cacert is not None and not os.path.isfile(cacert):
+        msg = f"no CA certificate file at {cacert}"
+        raise BadInputError(msg)
+
+
 def curl_command(
     curl_path: str,
     request: HttpRequest,

@@ -7,13 +7,15 @@ sends the signature as ``x-sign``, URL-safe Base64 without padding. Nothing here
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import urlsplit
 
-from ._errors import BadInputError
+from ._errors import BadInputError, UsageError
 from ._pem import read_bounded
 
 BODY_LIMIT = 64 * 1024 * 1024  # Partner API bodies are small JSON; this only stops /dev/zero
@@ -23,6 +25,8 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,20}")
 _NONCE_RE = re.compile(r"[\x21-\x7e]{1,256}")  # visible ASCII: it travels in a header
 _URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")
 _X_SIGN_RE = re.compile(r"[A-Za-z0-9_-]*")
+# Methods whose request carries no body: curl sends HEAD with ``--head``, which cannot send one.
+BODILESS_METHODS = frozenset({"HEAD"})
 
 
 def build_payload(
@@ -107,10 +111,26 @@ def check_nonce(nonce: str) -> str:
     return nonce
 
 
+def check_body_allowed(method: str | None, has_body: bool) -> None:
+    """:class:`UsageError` (exit 2) for a body on a method that carries none (HEAD)."""
+    if has_body and method is not None and method.upper() in BODILESS_METHODS:
+        msg = f"a {method.upper()} request carries no body"
+        raise UsageError(msg)
+
+
 def read_body(
-    source: str, stdin: IO[bytes] | None = None, limit: int = BODY_LIMIT, what: str = "body"
+    source: str,
+    stdin: IO[bytes] | None = None,
+    limit: int = BODY_LIMIT,
+    what: str = "body",
+    *,
+    regular_only: bool = False,
 ) -> bytes:
-    """The body bytes exactly as stored: a file, or ``-`` for standard input."""
+    """The body bytes exactly as stored: a file, or ``-`` for standard input.
+
+    A file may be a pipe (``<(...)``) unless ``regular_only``: then anything but a regular
+    file is refused at once, never waited on (a batch's ``body_file``).
+    """
     if source == "-":
         stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
         if stream is None:  # started with stdin closed
@@ -120,12 +140,44 @@ def read_body(
         where = "standard input"
     else:
         # A pipe (``<(...)``) is fine for a body: the bound still applies.
-        data = read_bounded(source, limit, regular_only=False, what=f"{what} file")
+        data = read_bounded(source, limit, regular_only=regular_only, what=f"{what} file")
         where = source
     if len(data) > limit:
         msg = f"the {what} in {where} is over {limit // (1024 * 1024)} MiB"
         raise BadInputError(msg)
     return data
+
+
+@dataclass(frozen=True)
+class RequestDir:
+    """A request in Qredo's Go client layout: ``PATH/uri`` and the optional ``PATH/body``."""
+
+    method: str
+    url: str
+    body: bytes | None = field(repr=False)
+    body_file: str | None  # PATH/body when there is one
+
+
+def read_request_dir(path: str) -> RequestDir:
+    """``PATH/uri`` (``METHOD URL`` on one line) and the optional ``PATH/body``."""
+    uri_path = os.path.join(path, "uri")
+    if not os.path.isdir(path):
+        msg = f"no request directory at {path}"
+        raise BadInputError(msg)
+    raw = read_bounded(uri_path, what="request uri file")
+    try:
+        lines = raw.decode("utf-8").strip().splitlines()
+    except UnicodeDecodeError:
+        msg = f"{uri_path} is not UTF-8 text"
+        raise BadInputError(msg) from None
+    words = lines[0].split() if len(lines) == 1 else []
+    if len(words) != 2:
+        msg = f"{uri_path} must hold one line 'METHOD URL'"
+        raise BadInputError(msg)
+    body_path = os.path.join(path, "body")
+    if os.path.lexists(body_path):
+        return RequestDir(words[0], words[1], read_body(body_path), body_path)
+    return RequestDir(words[0], words[1], None, None)
 
 
 def now() -> str:

@@ -12,18 +12,30 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ._apikey import load_apikey, validate_apikey
-from ._curl import Curl, CurlCommand, HttpRequest, HttpResponse, perform
-from ._errors import BadInputError, QredoOpenSSLError, UsageError
-from ._pem import fingerprint, read_bounded
-from ._request import build_payload, check_url
-from ._sign import SignedRequest, Signer
+from ._curl import (
+    Curl,
+    CurlCommand,
+    HttpRequest,
+    HttpResponse,
+    check_cacert,
+    curl_command,
+    perform,
+)
+from ._errors import AnswerError, BadInputError, UsageError
+from ._request import build_payload, check_body_allowed, check_url
+from ._sign import SignedRequest, Signer, SigningKey
 from ._urls import ApiBase, cleartext_to_remote, resolve_url, url_rewrite
+
+if TYPE_CHECKING:
+    from ._files import KeyPaths
+    from ._pkcs11 import Pkcs11Options
 
 APIKEY_ENV = "QREDO_APIKEY"
 AUTH_HEADERS = frozenset({"x-api-key", "x-sign", "x-timestamp", "x-nonce"})
@@ -85,6 +97,12 @@ def is_json(body: bytes) -> bool:
     return True
 
 
+def content_type(body: bytes) -> str:
+    """The Content-Type sent with ``body`` when none is given: JSON only for a JSON body;
+    otherwise empty, so curl adds no form type (``application/x-www-form-urlencoded``)."""
+    return "application/json" if is_json(body) else ""
+
+
 @dataclass(frozen=True)
 class Explanation:
     """What ``--explain`` shows: the payload's parts and digests, and both commands."""
@@ -126,7 +144,9 @@ def sign_for_sending(
     body_file: str | None = None,
 ) -> SignedRequest:
     """Sign now what :meth:`Sender.deliver` sends next: an API key is required, a path URL
-    goes on ``base``, and a URL curl would rewrite is a :class:`UsageError`."""
+    goes on ``base``, and a URL curl would rewrite, or a body on a HEAD request, is a
+    :class:`UsageError`."""
+    check_body_allowed(method, body is not None)
     if signer.apikey is None:
         msg = f"no API key ({signer.apikey_path}); nothing was sent"
         raise BadInputError(msg)
@@ -135,6 +155,29 @@ def sign_for_sending(
         url, body if body is not None else b"", method=method, timestamp=timestamp,
         nonce=nonce, has_body=body is not None, body_file=body_file,
     )  # fmt: skip
+
+
+def signer_for_sending(
+    paths: KeyPaths,
+    openssl: str | None = None,
+    *,
+    timeout: float,
+    pkcs11: Pkcs11Options | None = None,
+    cacert: str | None = None,
+) -> Signer:
+    """The signer of ``send``: the API key required (:func:`resolve_apikey`), ``cacert``
+    checked, then the key. ``openssl`` is the explicit binary (else ``$QREDO_OPENSSL``,
+    ``PATH``); its version is read only for a token key, whose route depends on it."""
+    from ._openssl import detect_openssl, signing_openssl
+    from ._pkcs11 import has_token_key
+
+    apikey, source = resolve_apikey(paths.apikey)
+    check_cacert(cacert)
+    if has_token_key(paths):
+        found = detect_openssl(openssl, timeout=timeout)
+    else:
+        found = signing_openssl(openssl, timeout=timeout)
+    return Signer(found, SigningKey.from_paths(paths, found, pkcs11), apikey, source)
 
 
 def explain_request(
@@ -229,12 +272,28 @@ class Sender:
         headers = list(signed.headers.items()) + list(self.headers)
         if body is not None:
             if not any(n.lower() == "content-type" for n, _ in self.headers):
-                headers.append(("Content-Type", "application/json" if is_json(body) else ""))
+                headers.append(("Content-Type", content_type(body)))
             headers.append(("Expect", ""))
         return HttpRequest(signed.method, signed.url, tuple(headers), body)
 
     def explain(self, signed: SignedRequest, body: bytes, cmd: CurlCommand | None) -> Explanation:
         return explain_request(self.signer, signed, body, cmd)
+
+    def dry_run(
+        self, url: str, body: bytes | None, *, method: str | None = None,
+        body_file: str | None = None,
+    ) -> tuple[SignedRequest, CurlCommand]:  # fmt: skip
+        """Sign as :meth:`send` would (no API key needed: nothing is sent) and return the curl
+        command it would run, the API key redacted from its config; its private directory
+        is named ``$TMPDIR/.qredo-openssl-XXXXXX`` (made only when sending)."""
+        signed = self.signer.sign(self.target(url), body or b"", method=method,
+                                  has_body=body is not None, body_file=body_file)  # fmt: skip
+        tmp = self.tmpdir or os.environ.get("TMPDIR") or tempfile.gettempdir()
+        work = os.path.join(tmp, ".qredo-openssl-XXXXXX")
+        cmd = curl_command(self.curl.path, self.http_request(signed, body), work,
+                           timeout=self.timeout, cacert=self.cacert)  # fmt: skip
+        config = tuple((o, redact(v, self.signer.apikey)) for o, v in cmd.config)
+        return signed, CurlCommand(cmd.argv, config)
 
     def send(
         self,
@@ -279,107 +338,43 @@ class Sender:
         return SendResult(signed, response, time.time())
 
 
+def make_probe(
+    url: str,
+    *,
+    base: ApiBase | None,
+    curl: str | None = None,
+    openssl: str | None = None,
+    timeout: float,
+    cacert: str | None = None,
+) -> Callable[[KeyPaths], None]:
+    """A function of a key pair that sends a signed GET of ``url`` with it, as ``send``
+    does (``curl``, ``openssl``: the explicit binaries), and returns only on a 2xx answer.
+
+    It raises what sending raises: :class:`AnswerError` (exit 5) for any other answer, 3xx
+    included; :class:`NoAnswerError` (6) for none; a missing curl is exit 3. The URL and
+    ``cacert`` are checked now, so a form curl would rewrite is a usage error at once.
+    """
+    from ._curl import detect_curl
+    from ._openssl import signing_openssl
+
+    target_url(url, base)
+    check_cacert(cacert)
+
+    def probe(paths: KeyPaths) -> None:
+        apikey, source = resolve_apikey(paths.apikey)
+        key = SigningKey.pem(paths.private)
+        signer = Signer(signing_openssl(openssl, timeout=timeout), key, apikey, source)
+        found = detect_curl(curl, timeout=timeout)
+        sender = Sender(signer, found, timeout, cacert, base=base)
+        result = sender.send(url, method="GET")
+        if not 200 <= result.status < 300:
+            said = result.response.status_line or f"HTTP {result.status}"
+            msg = f"the probe GET {result.request.url} with {paths.private} got {said}"
+            raise AnswerError(msg)
+
+    return probe
+
+
 def redact(value: str, secret: str | None) -> str:
     """``value`` with the API key replaced by ``<redacted>``."""
     return value.replace(secret, "<redacted>") if secret else value
-
-
-@dataclass(frozen=True)
-class AuthDiagnosis:
-    """Why a 401 ``errPartnerAuth`` may have happened, from what can be checked locally."""
-
-    reason: str | None  # the server's ``detail.reason`` when it gives one
-    public_path: str
-    fingerprint: str | None
-    fingerprint_error: str | None
-    skew: float | None  # server clock minus ours, seconds (from the ``Date`` header)
-    server_date: str | None
-    key_id: str | None
-    apikey_source: str
-
-
-def diagnose_auth(
-    result: SendResult, public_path: str, apikey_source: str
-) -> AuthDiagnosis | None:
-    """A diagnosis for a 401 whose body says ``errPartnerAuth``; None for anything else."""
-    if result.status != 401 or b"errPartnerAuth" not in result.response.body:
-        return None
-    reason = None
-    try:
-        detail = json.loads(result.response.body.decode("utf-8")).get("detail")
-        reason = str(detail.get("reason")) if isinstance(detail, dict) else None
-    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
-        pass
-    fp, fp_error = None, None
-    try:
-        fp = fingerprint(read_bounded(public_path, what="public key"))
-    except BadInputError as exc:
-        fp_error = str(exc)
-    from email.utils import parsedate_to_datetime  # here: ~10 ms, needed only after a 401
-
-    date = result.headers.get("date")
-    skew = None
-    try:
-        if date:
-            skew = parsedate_to_datetime(date).timestamp() - result.received_at
-    except (TypeError, ValueError, IndexError):
-        skew = None
-    key_id = None
-    if result.request.apikey:
-        try:
-            key_id = validate_apikey(result.request.apikey).key_id
-        except BadInputError:
-            key_id = None
-    return AuthDiagnosis(reason, public_path, fp, fp_error, skew, date, key_id, apikey_source)
-
-
-@dataclass(frozen=True)
-class SendItem:
-    """One batch line's outcome: a response, or the error that stopped it."""
-
-    line: int
-    result: SendResult | None
-    error: QredoOpenSSLError | None = field(default=None)
-
-    @property
-    def exit_code(self) -> int:
-        if self.error is not None:
-            return self.error.exit_code
-        assert self.result is not None
-        return self.result.exit_code
-
-    def to_json(self) -> dict[str, Any]:
-        if self.result is not None:
-            return {"line": self.line, **self.result.to_json()}
-        assert self.error is not None
-        return {"line": self.line,
-                "error": {"code": self.error.exit_code, "message": str(self.error)}}  # fmt: skip
-
-
-def send_batch(
-    sender: Sender,
-    lines: Iterable[tuple[int, bytes]],
-    *,
-    jobs: int | None = 1,
-    on_item: Callable[[SendItem], None] | None = None,
-    base: str | None = None,
-) -> list[SendItem]:
-    """Send JSON Lines requests, read as ``sign --batch`` reads them, in input order.
-
-    Each is signed right before it is sent; ``jobs`` (default 1) run at once. A bad line is
-    an item with its error and never stops the others; a relative ``body_file`` is found in
-    ``base`` (see :func:`._batch.each_line`).
-    """
-    from ._batch import BatchRequest, each_line
-
-    def send(line: int, req: BatchRequest, body: bytes | None, body_file: str | None) -> SendItem:
-        result = sender.send(
-            req.url, body, method=req.method, timestamp=req.timestamp, nonce=req.nonce,
-            body_file=body_file,
-        )  # fmt: skip
-        return SendItem(line, result)
-
-    def failed(line: int, error: QredoOpenSSLError) -> SendItem:
-        return SendItem(line, None, error)
-
-    return each_line(lines, send, failed, jobs=jobs or 1, on_item=on_item, base=base)

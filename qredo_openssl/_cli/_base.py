@@ -177,6 +177,20 @@ def pkcs11_options(p: argparse.ArgumentParser) -> None:
                    help="read the token PIN from FILE (default $QREDO_PKCS11_PIN)")  # fmt: skip
 
 
+def api_base_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-base", metavar="URL",
+        help="base for a path URL such as /company (default: $QREDO_API_BASE, DIR/api-base, "
+        "or https://api.qredo.network/api/v1/p)",
+    )  # fmt: skip
+
+
+def send_options(p: argparse.ArgumentParser) -> None:
+    """The options ``doctor`` shares with ``send``: which curl, which API base."""
+    p.add_argument("--curl", metavar="PATH", help="the curl binary to use ($QREDO_CURL)")
+    api_base_option(p)
+
+
 def pkcs11_config(args: argparse.Namespace) -> Pkcs11Options | None:
     """The PKCS#11 options given; None when none was (the defaults, and no import of
     :mod:`.._pkcs11`, which a PEM pair never needs)."""

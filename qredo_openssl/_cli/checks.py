@@ -26,10 +26,10 @@ from ._base import (
     openssl_doc,
     pkcs11_config,
     pkcs11_options,
+    send_options,
     traditional_option,
     with_fix,
 )
-from .send import send_doctor, send_options
 
 
 def register(command: Command) -> None:
@@ -52,6 +52,34 @@ def register(command: Command) -> None:
     traditional_option(p)
     send_options(p)
     pkcs11_options(p)
+
+
+def send_doctor(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
+    """``doctor``'s curl and API base: put into ``doc``, returned as text lines."""
+    from .._curl import curl_source, detect_curl, require_recent
+    from .._urls import api_base
+
+    lines: list[str] = []
+    curl_doc: dict[str, Any] = {"source": curl_source(args.curl)}
+    try:
+        curl = detect_curl(args.curl, timeout=args.timeout, check_version=False)
+        curl_doc.update(path=curl.path, version=curl.version.number or None, raw=curl.version.raw)
+        lines.append(f"curl        {curl.path}  (from {curl_doc['source']})")
+        lines.append(f"curl says   {' '.join(curl.version.raw.split()[:5])}")
+        require_recent(curl)
+        curl_doc["usable"] = True
+    except QredoOpenSSLError as exc:
+        curl_doc.update(usable=False, error=error_doc(exc))
+        lines.append(f"curl        not usable: {exc} (send needs it; keys do not)")
+    doc["curl"] = curl_doc
+    try:
+        base = api_base(args.api_base, args.dir)
+        doc["api_base"] = {"url": base.url, "source": base.source}
+        lines.append(f"API base    {base.url}  (from {base.source})")
+    except QredoOpenSSLError as exc:
+        doc["api_base"] = {"error": error_doc(exc)}
+        lines.append(f"API base    not usable: {exc}")
+    return lines
 
 
 def _failed(findings: Sequence[q.Finding]) -> list[str]:

@@ -37,11 +37,7 @@ from ._base import (
     traditional_option,
     with_fix,
 )
-
-NEXT_STEP = (
-    "Next: in the Qredo Web App open Settings > Partner API > Upload Public Key, "
-    "paste the public key above ({public}) and click Upload."
-)
+from ._render import NEXT_STEP
 
 
 def register(command: Command) -> None:

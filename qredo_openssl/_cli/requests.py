@@ -16,6 +16,7 @@ from .._request import read_body
 from .._ui import Output
 from ._base import (
     Command,
+    api_base_option,
     error_doc,
     get_openssl,
     jobs_option,
@@ -24,7 +25,6 @@ from ._base import (
     pkcs11_options,
     with_fix,
 )
-from .send import api_base_option
 
 if TYPE_CHECKING:
     from .._batch import BatchItem
@@ -95,7 +95,7 @@ def curl_argv(signed: q.SignedRequest, body: bytes = b"") -> list[str]:
     piped to us: then the same bytes must be piped to curl. Content-Type is JSON only for a
     JSON body; otherwise curl's form type and ``Expect: 100-continue`` are suppressed.
     """
-    from .._send import is_json
+    from .._send import content_type
 
     argv = ["curl", "-q", "-sS", "--fail-with-body", "--path-as-is", "--globoff"]
     inferred = "POST" if signed.has_body else "GET"
@@ -104,7 +104,8 @@ def curl_argv(signed: q.SignedRequest, body: bytes = b"") -> list[str]:
     for name, value in signed.headers.items():
         argv += ["-H", f"{name}: {value}"]
     if signed.has_body:
-        argv += ["-H", "Content-Type: application/json" if is_json(body) else "Content-Type:"]
+        ctype = content_type(body)
+        argv += ["-H", f"Content-Type: {ctype}" if ctype else "Content-Type:"]
         argv += ["-H", "Expect:"]
         source = signed.body_file
         argv += ["--data-binary", "@" + (os.path.abspath(source) if source not in (None, "-")
@@ -116,13 +117,13 @@ def curl_argv(signed: q.SignedRequest, body: bytes = b"") -> list[str]:
 def request_url(args: argparse.Namespace, out: Output, url: str | None) -> str | None:
     """The URL to sign: a path on the API base; warnings for forms a client would rewrite."""
     from .._request import check_url
-    from .._urls import api_base, is_path_url, url_rewrite
+    from .._urls import api_base, is_path_url, resolve_url, url_rewrite
 
     if url is None:
         return None
     if is_path_url(url):
         base = api_base(args.api_base, args.dir)
-        url = base.url.rstrip("/") + url
+        url = resolve_url(url, base).url
         out.info(f"API base {base.url} (from {base.source})")
     check_url(url)  # what sign and verify always refused (exit 1)
     rewrite = url_rewrite(url)
@@ -180,7 +181,7 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     _warn_no_apikey(signer, out)
     if args.explain:
         from .._send import explain_request, redact
-        from .send import show_explanation
+        from ._render import show_explanation
 
         explanation = explain_request(signer, signed, body, None)
         show_explanation(explanation, None)

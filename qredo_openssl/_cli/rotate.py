@@ -13,7 +13,7 @@ from .._defaults import ALLOWED_BITS, QREDO_BITS
 from .._errors import EXIT_INTERRUPTED, Interrupted, ToolError, UsageError
 from .._ui import Output
 from ._base import Command, describe, get_openssl, key_paths, openssl_doc, traditional_option
-from .keys import NEXT_STEP
+from ._render import NEXT_STEP
 
 if TYPE_CHECKING:
     from .._rotate import PairState
@@ -201,9 +201,14 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 def _probe(args: argparse.Namespace) -> Callable[[q.KeyPaths], None]:
     """``--probe URL``: a signed GET with the next key, sent as ``send`` sends it."""
-    from .send import rotate_probe
+    from .._send import make_probe
+    from .._urls import api_base
 
-    return rotate_probe(args, args.probe)
+    return make_probe(
+        args.probe, base=api_base(getattr(args, "api_base", None), args.dir),
+        curl=getattr(args, "curl", None), openssl=getattr(args, "openssl", None),
+        timeout=args.timeout, cacert=args.cacert,
+    )  # fmt: skip
 
 
 def cmd_finish(args: argparse.Namespace, out: Output) -> int:

@@ -5,32 +5,30 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import os
 import shlex
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._errors import BadInputError, NoAnswerError, UsageError
+from .._errors import NoAnswerError, UsageError
 from .._ui import Output
 from ._base import (
     Command,
     error_doc,
-    get_openssl,
     jobs_option,
     key_paths,
     pkcs11_config,
     pkcs11_options,
+    send_options,
 )
+from ._render import show_explanation
 
 if TYPE_CHECKING:
-    from .._files import KeyPaths
-    from .._openssl import OpenSSL
-    from .._send import AuthDiagnosis, Explanation, Sender, SendItem, SendResult
+    from .._batch import SendItem
+    from .._diagnose import AuthDiagnosis
+    from .._send import Sender, SendResult
     from .._sign import Signer
-    from .._urls import ApiBase
 
 T = TypeVar("T")
 EXAMPLES = """\
@@ -45,49 +43,6 @@ examples:
 exit codes: 0 answered 2xx/3xx, 1 bad input or no API key, 2 usage, 3 curl or OpenSSL missing,
   5 the API answered 4xx/5xx (its body is still printed), 6 no answer (DNS, refused, TLS, timeout)
 """
-
-
-def api_base_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--api-base", metavar="URL",
-        help="base for a path URL such as /company (default: $QREDO_API_BASE, DIR/api-base, "
-        "or https://api.qredo.network/api/v1/p)",
-    )  # fmt: skip
-
-
-def send_options(p: argparse.ArgumentParser) -> None:
-    """The options ``doctor`` shares with ``send``: which curl, which API base."""
-    p.add_argument("--curl", metavar="PATH", help="the curl binary to use ($QREDO_CURL)")
-    api_base_option(p)
-
-
-def send_doctor(args: argparse.Namespace, doc: dict[str, Any]) -> list[str]:
-    """``doctor``'s curl and API base: put into ``doc``, returned as text lines."""
-    from .._curl import curl_source, detect_curl, require_recent
-    from .._errors import QredoOpenSSLError
-    from .._urls import api_base
-
-    lines: list[str] = []
-    curl_doc: dict[str, Any] = {"source": curl_source(args.curl)}
-    try:
-        curl = detect_curl(args.curl, timeout=args.timeout, check_version=False)
-        curl_doc.update(path=curl.path, version=curl.version.number or None, raw=curl.version.raw)
-        lines.append(f"curl        {curl.path}  (from {curl_doc['source']})")
-        lines.append(f"curl says   {' '.join(curl.version.raw.split()[:5])}")
-        require_recent(curl)
-        curl_doc["usable"] = True
-    except QredoOpenSSLError as exc:
-        curl_doc.update(usable=False, error=error_doc(exc))
-        lines.append(f"curl        not usable: {exc} (send needs it; keys do not)")
-    doc["curl"] = curl_doc
-    try:
-        base = api_base(args.api_base, args.dir)
-        doc["api_base"] = {"url": base.url, "source": base.source}
-        lines.append(f"API base    {base.url}  (from {base.source})")
-    except QredoOpenSSLError as exc:
-        doc["api_base"] = {"error": error_doc(exc)}
-        lines.append(f"API base    not usable: {exc}")
-    return lines
 
 
 def register(command: Command) -> None:
@@ -114,7 +69,7 @@ def register(command: Command) -> None:
 
 def cmd_send(args: argparse.Namespace, out: Output) -> int:
     from .._curl import detect_curl
-    from .._request import read_body
+    from .._request import check_body_allowed, read_body, read_request_dir
     from .._send import Sender, sign_for_sending, target_url
     from .._urls import api_base
 
@@ -122,7 +77,9 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     headers = _parse_headers(args.header)
     url, method, body, body_file = args.url, args.method, None, args.body
     if args.request_dir is not None:
-        method, url, body, body_file = read_request_dir(args.request_dir)
+        req = read_request_dir(args.request_dir)
+        method, url, body, body_file = req.method, req.url, req.body, req.body_file
+        check_body_allowed(method, body is not None)  # before anything is signed or sent
     elif args.body is not None:
         body = read_body(args.body)
     base = api_base(args.api_base, args.dir)
@@ -166,6 +123,12 @@ def _check_usage(args: argparse.Namespace) -> None:
                          "do not apply")  # fmt: skip
     if args.url is None and args.batch is None and args.request_dir is None:
         raise UsageError("send: give --url URL, --request-dir PATH or --batch FILE")
+    if args.body is not None and args.method is not None:
+        from .._request import BODILESS_METHODS
+
+        if args.method.upper() in BODILESS_METHODS:
+            msg = f"send: --method {args.method} carries no body; --body does not apply"
+            raise UsageError(msg)
 
 
 def _parse_headers(given: list[str]) -> tuple[tuple[str, str], ...]:
@@ -174,41 +137,13 @@ def _parse_headers(given: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(parse_header(h) for h in given)
 
 
-def read_request_dir(path: str) -> tuple[str, str, bytes | None, str | None]:
-    """``PATH/uri`` (``METHOD URL`` on one line) and the optional ``PATH/body``."""
-    from .._pem import read_bounded
-    from .._request import read_body
-
-    uri_path = os.path.join(path, "uri")
-    if not os.path.isdir(path):
-        raise BadInputError(f"no request directory at {path}")
-    raw = read_bounded(uri_path, what="request uri file")
-    try:
-        lines = raw.decode("utf-8").strip().splitlines()
-    except UnicodeDecodeError:
-        raise BadInputError(f"{uri_path} is not UTF-8 text") from None
-    words = lines[0].split() if len(lines) == 1 else []
-    if len(words) != 2:
-        raise BadInputError(f"{uri_path} must hold one line 'METHOD URL'")
-    body_path = os.path.join(path, "body")
-    if os.path.lexists(body_path):
-        return words[0], words[1], read_body(body_path), body_path
-    return words[0], words[1], None, None
-
-
 def _signer(args: argparse.Namespace) -> Signer:
-    from .._pkcs11 import has_token_key
-    from .._send import resolve_apikey
-    from .._sign import Signer, SigningKey
+    from .._send import signer_for_sending
 
-    paths = key_paths(args, args.dir)
-    apikey, source = resolve_apikey(paths.apikey)
-    if args.cacert is not None and not os.path.isfile(args.cacert):
-        raise BadInputError(f"no CA certificate file at {args.cacert}")
-    # A token key's route depends on the OpenSSL version; a PEM key signs alike everywhere.
-    openssl = get_openssl(args) if has_token_key(paths) else signing_openssl(args)
-    key = SigningKey.from_paths(paths, openssl, pkcs11_config(args))
-    return Signer(openssl, key, apikey, source)
+    return signer_for_sending(
+        key_paths(args, args.dir), getattr(args, "openssl", None), timeout=args.timeout,
+        pkcs11=pkcs11_config(args), cacert=args.cacert,
+    )  # fmt: skip
 
 
 def in_background(fn: Callable[[], T]) -> Callable[[], T]:
@@ -236,54 +171,10 @@ def in_background(fn: Callable[[], T]) -> Callable[[], T]:
     return result
 
 
-def rotate_probe(args: argparse.Namespace, url: str) -> Callable[[KeyPaths], None]:
-    """``rotate finish --probe URL``: a function of the next pair that sends a signed GET of
-    ``url`` with it, as ``send`` does, and returns only on a 2xx answer.
-
-    Otherwise it raises ``send``'s errors: :class:`AnswerError` (exit 5) for any other answer,
-    3xx included; :class:`NoAnswerError` (6) for none; a missing curl is exit 3. The URL is
-    checked now, so a form curl would rewrite is a usage error before anything happens.
-    """
-    from .._curl import detect_curl
-    from .._errors import AnswerError
-    from .._send import Sender, resolve_apikey, target_url
-    from .._sign import Signer, SigningKey
-    from .._urls import api_base
-
-    base = api_base(getattr(args, "api_base", None), args.dir)
-    target_url(url, base)
-    if args.cacert is not None and not os.path.isfile(args.cacert):
-        raise BadInputError(f"no CA certificate file at {args.cacert}")
-
-    def probe(paths: KeyPaths) -> None:
-        apikey, source = resolve_apikey(paths.apikey)
-        key = SigningKey.pem(paths.private)
-        signer = Signer(signing_openssl(args), key, apikey, source)
-        curl = detect_curl(getattr(args, "curl", None), timeout=args.timeout)
-        sender = Sender(signer, curl, args.timeout, args.cacert, base=base)
-        result = sender.send(url, method="GET")
-        if not 200 <= result.status < 300:
-            said = result.response.status_line or f"HTTP {result.status}"
-            msg = f"the probe GET {result.request.url} with {paths.private} got {said}"
-            raise AnswerError(msg)
-
-    return probe
-
-
-def signing_openssl(args: argparse.Namespace) -> OpenSSL:
-    """OpenSSL found but not asked its version: ``send`` runs only ``openssl dgst -sign``,
-    which every OpenSSL and LibreSSL has alike; one child fewer on every call."""
-    from .._openssl import OpenSSL, find_openssl, openssl_source, parse_version
-
-    explicit = getattr(args, "openssl", None)
-    path = find_openssl(explicit)
-    return OpenSSL(path, parse_version(""), args.timeout, openssl_source(explicit))
-
-
 def _show_result(
     args: argparse.Namespace, out: Output, sender: Sender, result: SendResult
 ) -> int:
-    from .._send import diagnose_auth
+    from .._diagnose import diagnose_auth
 
     if out.json_mode:
         out.json(result.to_json())
@@ -331,57 +222,29 @@ def diagnosis_lines(d: AuthDiagnosis) -> list[str]:
     return lines
 
 
-def show_explanation(e: Explanation, base: ApiBase | None) -> None:
-    """``--explain``, on stderr whatever ``-q`` says: it was asked for."""
-    from .._curl import config_quote
-
-    lines = ["payload = " + e.stamp_name + " + url + body:",
-             f"  {e.stamp_name}: {e.stamp}", f"  url: {e.url}"]  # fmt: skip
-    if base is not None and e.url.startswith(base.url.rstrip("/")):
-        lines.append(f"    (API base {base.url}, from {base.source})")
-    lines += [f"  body: {e.body_length} bytes, sha256 {e.body_sha256}",
-              f"payload sha256 (Qredo's client prints it as Hash:): {e.payload_sha256}",
-              "openssl: " + shlex.join(e.openssl_argv) + " < payload"]  # fmt: skip
-    if e.curl is not None:
-        lines.append("curl: " + shlex.join(e.curl.argv))
-        lines += [f"  config {opt} = {config_quote(value)}" for opt, value in e.curl.config]
-    sys.stderr.write("".join(line + "\n" for line in lines))
-    sys.stderr.flush()
-
-
 def _dry_run(
     args: argparse.Namespace, out: Output, sender: Sender, url: str, body: bytes | None,
     method: str | None, body_file: str | None,
 ) -> int:  # fmt: skip
-    from .._curl import config_quote, curl_command
-    from .._send import redact
+    from .._curl import config_quote
 
-    target = sender.target(url)
-    signed = sender.signer.sign(target, body or b"", method=method, has_body=body is not None,
-                                body_file=body_file)  # fmt: skip
-    request = sender.http_request(signed, body)
-    tmp = os.environ.get("TMPDIR") or tempfile.gettempdir()
-    work = os.path.join(tmp, ".qredo-openssl-XXXXXX")
-    cmd = curl_command(sender.curl.path, request, work, timeout=sender.timeout,
-                       cacert=sender.cacert)  # fmt: skip
-    config = [(o, redact(v, sender.signer.apikey)) for o, v in cmd.config]
+    signed, cmd = sender.dry_run(url, body, method=method, body_file=body_file)
     if args.explain:
         show_explanation(sender.explain(signed, body or b"", cmd), sender.base)
     if out.json_mode:
         req = {"method": signed.method, "url": signed.url, "timestamp": signed.timestamp}
-        lines = [f"{o} = {config_quote(v)}" for o, v in config]
+        lines = [f"{o} = {config_quote(v)}" for o, v in cmd.config]
         doc: dict[str, Any] = {"request": req, "curl": list(cmd.argv), "config": lines}
         out.json(doc)
     else:
         out.data(shlex.join(cmd.argv))
-        out.data("".join(f"{o} = {config_quote(v)}\n" for o, v in config))
+        out.data("".join(f"{o} = {config_quote(v)}\n" for o, v in cmd.config))
     out.info("dry run: nothing was sent")
     return 0
 
 
 def _send_batch(args: argparse.Namespace, out: Output, sender: Sender) -> int:
-    from .._batch import batch_base, read_batch
-    from .._send import send_batch
+    from .._batch import batch_base, read_batch, send_batch
 
     lines = read_batch(args.batch)
 
