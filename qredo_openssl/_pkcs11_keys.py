@@ -13,7 +13,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 
-from ._checks import Finding, bits_finding, check_apikey, check_public, ours, parse_rsa_text
+from ._checks import Finding, check_apikey, check_public, ours, parse_rsa_text, rsa_findings
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, QredoOpenSSLError, RefusedOverwriteError
 from ._files import (
@@ -178,12 +178,7 @@ def check_token_key(
             found.append(Finding("private.extractable", "fail", msg))
         else:
             found.append(Finding("private.extractable", "ok", hits[0].access))
-    facts = parse_rsa_text(rsa_text)
-    found.append(bits_finding(facts.bits))
-    if facts.exponent == 65537:
-        found.append(Finding("private.exponent", "ok", "e = 65537"))
-    else:
-        found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
+    found.extend(rsa_findings(parse_rsa_text(rsa_text)))
     matches = Finding("public.matches", "skip", NO_PIN_HINT)
     if token.pin is not None and os.path.isfile(paths.public):
         matches = _challenge(token, uri, paths.public)
