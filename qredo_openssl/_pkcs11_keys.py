@@ -205,10 +205,11 @@ def _publish_public(
     paths: KeyPaths,
     *,
     force: bool,
+    pem: bytes | None = None,
     extra: tuple[tuple[bytes, str], ...] = (),
 ) -> tuple[bytes, list[str]]:
-    """Export ``public.pem`` from the token (and ``extra`` files) and publish them, no clobber."""
-    pem = token.public_pem(uri)
+    """Publish ``public.pem`` (``pem``, else exported from the token) and ``extra`` files."""
+    pem = token.public_pem(uri) if pem is None else pem
     directory = os.path.dirname(paths.public) or "."
     ensure_dir(directory)
     with private_tempdir(directory) as tmp:
@@ -320,8 +321,10 @@ def derive_token_public(
         raise BadInputError(conflict)
     uri = read_uri_file(uri_file(paths))
     token = open_token(openssl, options)
+    pem = None
     if os.path.lexists(paths.public):
-        ours = frame_pem(token.public_pem(uri))
+        pem = token.public_pem(uri)  # exported once: compared here, then written
+        ours = frame_pem(pem)
         try:
             there = frame_pem(read_bounded(paths.public))
         except BadInputError:
@@ -331,5 +334,5 @@ def derive_token_public(
             return msg, [], False
         if not force:
             refuse_existing([paths.public])
-    _, backups = _publish_public(token, uri, paths, force=force)
+    _, backups = _publish_public(token, uri, paths, force=force, pem=pem)
     return f"Wrote {paths.public} (0644) from the token key {uri}", backups, True

@@ -457,3 +457,23 @@ def test_send_with_the_token_key_is_accepted_by_the_server(hsm, tokendir, tmp_pa
         assert r.returncode == 0, r.stderr
         assert [x.verdict for x in srv.requests] == ["signature", "ok"]
         assert json.loads(r.stdout)["target"] == "/api/v1/p/company"
+
+
+# --- the token's public key is exported once per command -------------------------------------
+
+
+@pytest.mark.parametrize("public", ["tampered", "same"])
+def test_pubkey_exports_the_token_public_key_once(hsm, tokendir, keys, tmp_path, public):
+    """``pubkey`` compares the token's public key with public.pem and writes that same export:
+    one ``openssl pkey`` call, not one for the comparison and another for the file."""
+    assert REAL_OPENSSL
+    openssl, log = logging_wrapper(tmp_path / "bin", REAL_OPENSSL, "openssl")
+    d = copy_dir(tokendir, tmp_path / "k")
+    if public == "tampered":
+        os.chmod(d / "public.pem", 0o644)
+        shutil.copy(keys.public, d / "public.pem")
+    r = run_cli("pubkey", "--force", "--openssl", str(openssl), str(d), env=hsm.env)
+    assert r.returncode == 0, r.stderr
+    assert (d / "public.pem").read_bytes() == (tokendir / "public.pem").read_bytes()
+    exports = [c for c in log.read_text().splitlines() if c.startswith("pkey\t")]
+    assert len(exports) == 1, exports
