@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._checks import Finding, check_apikey, check_public, ours, parse_rsa_text, rsa_findings
@@ -22,6 +23,7 @@ from ._files import (
     private_tempdir,
     publishing,
     refuse_existing,
+    write_error,
     write_private,
 )
 from ._openssl import OpenSSL
@@ -207,8 +209,12 @@ def _publish_public(
     force: bool,
     pem: bytes | None = None,
     extra: tuple[tuple[bytes, str], ...] = (),
+    verify: Callable[[], None] | None = None,
 ) -> tuple[bytes, list[str]]:
-    """Publish ``public.pem`` (``pem``, else exported from the token) and ``extra`` files."""
+    """Publish ``public.pem`` (``pem``, else exported from the token) and ``extra`` files.
+
+    ``verify`` runs once they are in place; if it raises, they are taken back.
+    """
     pem = token.public_pem(uri) if pem is None else pem
     directory = os.path.dirname(paths.public) or "."
     ensure_dir(directory)
@@ -221,6 +227,8 @@ def _publish_public(
         with publishing(force) as pub:
             for path, final in staged:
                 pub.publish(path, final)
+            if verify is not None:
+                verify()
             return pem, pub.backups
 
 
@@ -287,22 +295,72 @@ def generate_token_key(
         login=True,
     )
     line = (str(uri) + "\n").encode()
+    findings: list[Finding] = []
+
+    def verify() -> None:  # with the files in place; a failure takes them back
+        findings.extend(check_token_key(paths, openssl, options))
+        failed = [f for f in findings if f.status == "fail"]
+        if failed:
+            msg = f"the new key failed its check {failed[0].name}: {failed[0].message}"
+            raise TokenError(msg)
+
     try:
-        pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),))
-        findings = check_token_key(paths, openssl, options)
-    except QredoOpenSSLError as exc:
-        msg = f"{exc}; the new key stays in the token as {uri}"
-        raise type(exc)(msg) from None
-    failed = [f for f in findings if f.status == "fail"]
-    if failed:
-        for path in (paths.public, name):
-            os.unlink(path)
-        msg = f"the new key failed its check {failed[0].name}: {failed[0].message}; "
-        msg += f"nothing was kept here (the key stays in the token as {uri})"
-        raise TokenError(msg)
+        pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),),
+                                 verify=verify)  # fmt: skip
+    except (QredoOpenSSLError, OSError) as exc:
+        error = exc if isinstance(exc, QredoOpenSSLError) else write_error(paths.public, exc)
+        raise _undo_keygen(token, uri, paths, error, options) from None
     return TokenKeygenResult(
         paths, str(uri), name, bits, fingerprint(pem), pem.decode(), tuple(findings)
     )
+
+
+def _undo_keygen(
+    token: Token, uri: Pkcs11Uri, paths: KeyPaths, error: QredoOpenSSLError,
+    options: Pkcs11Options | None,
+) -> QredoOpenSSLError:  # fmt: skip
+    """``error`` of a step after the key was made: the key removed from the token when no
+    file names it, else what is left there and the command that removes it (``fix``)."""
+    named = [p for p in (uri_file(paths), paths.public) if os.path.lexists(p)]
+    why = f"{' and '.join(named)} name it" if named else _remove_new_key(token, uri)
+    if why is None:
+        msg = f"{error}; nothing was kept: the new key was removed from token {uri.token!r}"
+        return type(error)(msg)
+    msg = f"{error}; the new key stays in token {uri.token!r} as {uri} (a private and a public "
+    msg += f"key object, label {uri.object!r}, id {uri.id_hex}), not removed: {why}; remove the "
+    msg += "private one (then the public one: the same with --type pubkey)"
+    try:
+        tool = token.tool()
+    except TokenError:
+        tool = "pkcs11-tool"
+    pin = ("--pin", f"env:{PIN_ENV}") if options is None or options.pin_file is None else ()
+    left = type(error)(msg)
+    left.fix = (
+        tool, "--module", token.module, "--token-label", str(uri.token), "--login", *pin,
+        "--delete-object", "--type", "privkey", "--id", str(uri.id_hex), "--label", str(uri.object),
+    )  # fmt: skip
+    return left
+
+
+def _remove_new_key(token: Token, uri: Pkcs11Uri) -> str | None:
+    """Remove the objects ``keygen`` just made (its label and id, unique in the token before);
+    None when done, else why not. Anything else with that label or id: nothing is removed."""
+    kinds = {"Private Key": "privkey", "Public Key": "pubkey"}
+    try:
+        same = [o for o in _objects(token, uri) if o.label == uri.object or o.id == uri.id]
+        found = sorted(o.kind for o in same)
+        exact = all(o.label == uri.object and o.id == uri.id for o in same)
+        if not exact or found not in (["Private Key"], ["Private Key", "Public Key"]):
+            return f"{len(same)} objects in the token have that label or id, not just the new key's"
+        for kind in found:
+            args = ["--delete-object", "--type", kinds[kind], "--id", str(uri.id_hex)]
+            what = f"removing the new key from token {uri.token!r}"
+            token.tool_run(what, uri, [*args, "--label", str(uri.object)], login=True)
+        if any(o.label == uri.object or o.id == uri.id for o in _objects(token, uri)):
+            return "it is still listed after its removal"
+    except TokenError as exc:
+        return str(exc)
+    return None
 
 
 def derive_token_public(

@@ -11,8 +11,10 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -477,3 +479,139 @@ def test_pubkey_exports_the_token_public_key_once(hsm, tokendir, keys, tmp_path,
     assert (d / "public.pem").read_bytes() == (tokendir / "public.pem").read_bytes()
     exports = [c for c in log.read_text().splitlines() if c.startswith("pkey\t")]
     assert len(exports) == 1, exports
+
+
+# --- keygen --pkcs11: a later step fails after the key was made in the token ------------------
+
+
+def labels_and_ids(hsm: Hsm) -> set[tuple[str, str, str]]:
+    """(kind, label, id) of every object in the token, as pkcs11-tool lists them."""
+    found, kind, label = set(), "", ""
+    for line in hsm.objects().splitlines():
+        if " Object;" in line:
+            kind = line.split(" Object;")[0]
+        elif line.strip().startswith("label:"):
+            label = line.split(":", 1)[1].strip()
+        elif line.strip().startswith("ID:"):
+            found.add((kind, label, line.split(":", 1)[1].strip()))
+    return found
+
+
+def _fail_export(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._pkcs11 import Token
+    from qredo_openssl._pkcs11_errors import TokenError
+
+    def export(self, uri):
+        raise TokenError(f"exporting the public key of {uri} failed: fake")
+
+    m.setattr(Token, "public_pem", export)
+
+
+def _fail_publish(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._errors import WriteError
+    from qredo_openssl._files import Publisher
+
+    real = Publisher.publish
+
+    def publish(self, tmp, final, *, secret=False):
+        if final.endswith("private.uri"):  # public.pem is placed already: taken back
+            raise WriteError(f"cannot write {final}: disk full")
+        return real(self, tmp, final, secret=secret)
+
+    m.setattr(Publisher, "publish", publish)
+
+
+def _checks_fail(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl._checks import Finding
+
+    real = _pkcs11_keys.check_token_key
+
+    def check(paths, openssl, options=None):
+        return [
+            Finding(f.name, "fail", "fake: the key can leave the token")
+            if f.name == "private.extractable" else f
+            for f in real(paths, openssl, options)
+        ]  # fmt: skip
+
+    m.setattr(_pkcs11_keys, "check_token_key", check)
+
+
+def _checks_raise(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl._pkcs11_errors import TokenError
+
+    def check(paths, openssl, options=None):
+        raise TokenError("listing the objects of token failed: fake")
+
+    m.setattr(_pkcs11_keys, "check_token_key", check)
+
+
+FAULTS = {
+    "export": (_fail_export, "exporting the public key", 3),
+    "publish": (_fail_publish, "disk full", 1),
+    "check-fails": (_checks_fail, "failed its check private.extractable", 3),
+    "check-raises": (_checks_raise, "listing the objects", 3),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_keygen_removes_its_new_key_when_a_later_step_fails(hsm, tokendir, tmp_path, fault):
+    inject, says, code = FAULTS[fault]
+    before = labels_and_ids(hsm)
+    assert any(label == LABEL for _, label, _ in before)  # another key is there, and stays
+    d = tmp_path / "k"
+    label = f"failed-{fault}"
+    with pytest.MonkeyPatch.context() as m:
+        inject(m)
+        r = run_cli("keygen", "--pkcs11", f"pkcs11:token={hsm.token};object={label}", str(d),
+                    env=hsm.env)  # fmt: skip
+    assert r.returncode == code, r.stderr
+    [line] = r.stderr.strip().splitlines()[-1:]
+    assert says in line
+    assert line.endswith(f"nothing was kept: the new key was removed from token '{hsm.token}'")
+    assert labels_and_ids(hsm) == before  # no stray key, and nothing else removed
+    assert not d.exists() or sorted(p.name for p in d.iterdir()) == []
+
+
+def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path):
+    """The token refuses the removal: the error names the objects left and carries the
+    command that removes them, which runs as printed."""
+    assert PKCS11_TOOL
+    tool = tmp_path / "bin" / "pkcs11-tool"
+    tool.parent.mkdir()
+    tool.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --delete-object ] && { echo "error: refused" >&2; exit 1; }; '
+        "done\n"
+        f'exec {PKCS11_TOOL} "$@"\n'
+    )
+    tool.chmod(0o755)
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=left-key;id=%5e%17"
+    with pytest.MonkeyPatch.context() as m:
+        _fail_export(m)
+        r = run_cli("keygen", "--pkcs11", uri, "--pkcs11-tool", str(tool), str(d), env=hsm.env)
+    assert r.returncode == 3
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"the new key stays in token '{hsm.token}' as {uri}" in line
+    assert "label 'left-key', id 5e17" in line
+    left = labels_and_ids(hsm) - before
+    assert left == {("Private Key", "left-key", "5e17"), ("Public Key", "left-key", "5e17")}
+    assert not d.exists()
+    fix = shlex.split(line.rsplit("; run: ", 1)[1])
+    assert fix == [
+        str(tool), "--module", hsm.module, "--token-label", hsm.token, "--login",
+        "--pin", "env:QREDO_PKCS11_PIN",
+        "--delete-object", "--type", "privkey", "--id", "5e17", "--label", "left-key",
+    ]  # fmt: skip
+    assert PIN not in line
+    env = hsm.child_env()
+    for kind in ("privkey", "pubkey"):
+        argv = [PKCS11_TOOL, *fix[1:]]
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) == before
