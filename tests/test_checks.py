@@ -348,7 +348,10 @@ def test_check_cli_json(case_id: str, cli_json: dict[str, dict[str, Any]]) -> No
     entry = cli_json[case_id]
     assert entry["ok"] is (case.exit == 0), entry
     doc = entry["checks"]
-    assert all(set(f) == {"name", "status", "message"} for f in doc)
+    for f in doc:  # the fix is data: a field, and still shown in the message
+        assert set(f) == {"name", "status", "message"} | ({"fix"} if "fix" in f else set())
+        if "fix" in f:
+            assert f["message"].endswith(f"; run: {shlex.join(f['fix'])}")
     found = {f["name"]: f for f in doc}
     assert found[case.name]["status"] == case.status
 
