@@ -812,3 +812,19 @@ def test_rotate_hints_are_fix_data(key_dir: Path, new_key, tmp_path: Path, monke
     r = run_cli("rotate", "abort", d)
     assert r.returncode == 4
     assert r.stderr.rstrip().endswith(f"; run: qredo-openssl rotate finish {d}")
+
+
+@real
+def test_an_interrupt_that_leaves_a_half_done_finish_gives_its_fix(rotating: Path, monkeypatch):
+    """An interrupt not held (raised by code, not a signal) between the swaps: exit 130, and
+    the command that completes it, as text and as the JSON error's fix."""
+    finish = ["qredo-openssl", "rotate", "finish", str(rotating)]
+    with monkeypatch.context() as m:
+        crash_at(m, rotating, 4, KeyboardInterrupt())
+        r = run_cli("--json", "rotate", "finish", str(rotating))
+    assert r.returncode == 130, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert error["fix"] == finish
+    assert error["message"] == f"interrupted half-way; complete it; run: {shlex.join(finish)}"
+    assert r.stderr == f"error: {error['message']}\n"
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0
