@@ -278,22 +278,9 @@ def generate_token_key(
         raise RefusedOverwriteError(msg)
     assert uri.object is not None
     assert uri.id_hex is not None
-    token.tool_run(
-        f"generating an RSA key in token {uri.token!r}",
-        uri,
-        [
-            "--keypairgen",
-            "--key-type",
-            f"rsa:{bits}",
-            "--label",
-            uri.object,
-            "--id",
-            uri.id_hex,
-            "--usage-sign",
-            "--sensitive",
-        ],
-        login=True,
-    )
+    keypairgen = ["--keypairgen", "--key-type", f"rsa:{bits}", "--label", uri.object,
+                  "--id", uri.id_hex, "--usage-sign", "--sensitive"]  # fmt: skip
+    token.tool_run(f"generating an RSA key in token {uri.token!r}", uri, keypairgen, login=True)
     line = (str(uri) + "\n").encode()
     findings: list[Finding] = []
 
@@ -321,8 +308,12 @@ def _undo_keygen(
 ) -> QredoOpenSSLError:  # fmt: skip
     """``error`` of a step after the key was made: the key removed from the token when no
     file names it, else what is left there and the command that removes it (``fix``)."""
-    named = [p for p in (uri_file(paths), paths.public) if os.path.lexists(p)]
-    why = f"{' and '.join(named)} name it" if named else _remove_new_key(token, uri)
+    name = uri_file(paths)
+    try:  # still there when taking the files back failed; anything unreadable may name it too
+        named = read_bounded(name).strip() == str(uri).encode()
+    except BadInputError:
+        named = os.path.lexists(name)
+    why = f"{name} names it" if named else _remove_new_key(token, uri)
     if why is None:
         msg = f"{error}; nothing was kept: the new key was removed from token {uri.token!r}"
         return type(error)(msg)

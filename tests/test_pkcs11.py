@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -615,3 +616,53 @@ def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path
                               stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
     assert labels_and_ids(hsm) == before
+
+
+def _rollback_fails(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._files import Publisher
+
+    _checks_fail(m)
+    m.setattr(Publisher, "rollback", lambda self: None)  # the files stay: they name the key
+
+
+def _label_taken(hsm: Hsm, label: str) -> Callable[[pytest.MonkeyPatch], None]:
+    def inject(m: pytest.MonkeyPatch) -> None:
+        from qredo_openssl._pkcs11 import Token
+        from qredo_openssl._pkcs11_errors import TokenError
+
+        def export(self, uri):  # meanwhile, someone makes another key with the same label
+            r = hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", label,
+                         "--id", "99", login=True)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            raise TokenError(f"exporting the public key of {uri} failed: fake")
+
+        m.setattr(Token, "public_pem", export)
+
+    return inject
+
+
+@pytest.mark.parametrize("unsafe", ["file-left", "label-taken"])
+def test_keygen_removes_nothing_when_removal_is_unsafe(hsm, tokendir, tmp_path, unsafe):
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    label = f"unsafe-{unsafe}"
+    uri = f"pkcs11:token={hsm.token};object={label};id=%77"
+    inject = _rollback_fails if unsafe == "file-left" else _label_taken(hsm, label)
+    with pytest.MonkeyPatch.context() as m:
+        inject(m)
+        r = run_cli("keygen", "--pkcs11", uri, str(d), env=hsm.env)
+    assert r.returncode == 3, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    why = f"{d / 'private.uri'} names it" if unsafe == "file-left" else "4 objects in the token"
+    assert f"not removed: {why}" in line
+    ours = {("Private Key", label, "77"), ("Public Key", label, "77")}
+    others = {("Private Key", label, "99"), ("Public Key", label, "99")}
+    assert labels_and_ids(hsm) - before == (ours if unsafe == "file-left" else ours | others)
+    fix = shlex.split(line.rsplit("; run: ", 1)[1])
+    for kind in ("privkey", "pubkey"):  # the fix removes ours, and only ours
+        argv = [*fix]
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) - before == (set() if unsafe == "file-left" else others)
