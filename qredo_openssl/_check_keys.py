@@ -7,6 +7,7 @@ on them), so that every import points down.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ._checks import (
@@ -18,6 +19,7 @@ from ._checks import (
     check_rotation,
 )
 from ._files import URI_NAME, KeyPaths
+from ._journal import half_done
 from ._openssl import OpenSSL
 
 if TYPE_CHECKING:
@@ -42,4 +44,22 @@ def check_keys(
             *check_public(paths.public, derived, paths.private, openssl),
             *check_apikey(paths.apikey),
         ]
+        if half_done(paths.dir):
+            keys = _finish_first(keys, paths.dir)
     return [*keys, *check_rotation(paths.dir), *check_dir(paths.dir)]
+
+
+def _finish_first(findings: Sequence[Finding], directory: str) -> list[Finding]:
+    """While a ``rotate finish`` is half-done, the fix of a failed key check is to complete it.
+
+    The key files are mid-swap, and the journal recognises them by their bytes: a repair
+    (``pubkey --force``, ``convert``, a new key) would leave the rotation impossible to finish.
+    """
+    finish = ("qredo-openssl", "rotate", "finish", directory)
+    why = "; the pair is mid-rotation (a rotate finish was cut off half-way): complete it"
+    return [
+        Finding(f.name, f.status, f.message + why, finish)
+        if f.status == "fail" and f.fix is not None and f.name.startswith(("private.", "public."))
+        else f
+        for f in findings
+    ]

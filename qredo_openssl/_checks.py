@@ -125,6 +125,14 @@ def check_private(
     ``consistency=False`` leaves out ``rsa -check``, which re-proves the primes (about 60 ms,
     most of a check's cost): only for a key ``genrsa`` has just made and proved itself.
     """
+    found, facts = inspect_private(path, openssl, consistency=consistency)
+    return found, facts.public_der if facts is not None else None
+
+
+def inspect_private(
+    path: str, openssl: OpenSSL, *, consistency: bool = True
+) -> tuple[list[Finding], RsaFacts | None]:
+    """:func:`check_private`, with what OpenSSL said of the key as data (None: not loaded)."""
     data, found = _read(path, "private key", "private")
     if data is None:
         skipped = ("format", "encrypted", "valid", "bits", "exponent", "mode")
@@ -201,12 +209,7 @@ def check_private(
         why = _error_reason(out.stderr.decode("utf-8", "replace")) or "RSA key not ok"
         msg = f"{path} fails OpenSSL's consistency check ({why}): the key is corrupt"
         found.append(Finding("private.valid", "fail", msg))
-    found.append(bits_finding(facts.bits))
-    if facts.exponent == 65537:
-        found.append(Finding("private.exponent", "ok", "e = 65537"))
-    else:
-        found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
-    return [*found, mode], facts.public_der
+    return [*found, *rsa_findings(facts), mode], facts
 
 
 def _relative(path: str) -> tuple[str, str | None]:
@@ -234,12 +237,17 @@ def _error_reason(stderr: str) -> str:
     return ""
 
 
-def bits_finding(bits: int | None) -> Finding:
-    if bits == 2048:
-        return Finding("private.bits", "ok", "2048 bits")
-    if bits in (3072, 4096):
-        return Finding("private.bits", "warn", f"{bits} bits; Qredo documents 2048")
-    return Finding("private.bits", "fail", f"{bits} bits; Qredo needs 2048")
+def rsa_findings(facts: RsaFacts) -> list[Finding]:
+    """``private.bits`` and ``private.exponent``: one rule for a key file and a token key."""
+    if facts.bits == 2048:
+        bits = Finding("private.bits", "ok", "2048 bits")
+    elif facts.bits in (3072, 4096):
+        bits = Finding("private.bits", "warn", f"{facts.bits} bits; Qredo documents 2048")
+    else:
+        bits = Finding("private.bits", "fail", f"{facts.bits} bits; Qredo needs 2048")
+    if facts.exponent == 65537:
+        return [bits, Finding("private.exponent", "ok", "e = 65537")]
+    return [bits, Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537")]
 
 
 def check_public(path: str, derived: bytes | None, private: str, openssl: OpenSSL) -> list[Finding]:

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any, Union
 
 from ._errors import BadInputError
-from ._files import backup_name, fsync_dir, write_private
+from ._files import ROTATE_JOURNAL, backup_name, fsync_dir, write_private
 from ._pem import read_bounded
 
 JOURNAL_FORMAT = "qredo-openssl rotate journal"
@@ -88,6 +88,18 @@ def read_journal(path: str) -> JournalRead:
     except (KeyError, TypeError) as exc:
         msg = f"{path} is not a rotation journal this version can read ({exc})"
         raise BadInputError(msg) from None
+
+
+def half_done(directory: str) -> bool:
+    """True when a finish was cut off half-way in ``directory``: its journal must be completed.
+
+    A journal that cannot be read, or is from another version, counts too: it is not ours to
+    call done. A torn one does not (no step was taken after it).
+    """
+    try:
+        return isinstance(read_journal(os.path.join(directory, ROTATE_JOURNAL)), Journal)
+    except BadInputError:
+        return True
 
 
 def write_journal(path: str, journal: Journal) -> None:

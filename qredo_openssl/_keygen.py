@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ._checks import Finding, check_private, check_public
+from ._checks import Finding, check_private, check_public, inspect_private
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import (
     BadInputError,
@@ -149,7 +149,8 @@ def generate_keypair(
 
 
 def _existing(paths: KeyPaths, plan: KeygenPlan) -> KeygenResult:
-    private, derived = check_private(paths.private, plan.openssl)
+    private, facts = inspect_private(paths.private, plan.openssl)
+    derived = facts.public_der if facts is not None else None
     findings = private + check_public(paths.public, derived, paths.private, plan.openssl)
     failed = next((f for f in findings if f.status == "fail"), None)
     if failed is not None:
@@ -160,9 +161,10 @@ def _existing(paths: KeyPaths, plan: KeygenPlan) -> KeygenResult:
         raise err
     with open(paths.public, "rb") as f:  # just checked: a small regular PEM file
         public_pem = f.read()
-    bits = next(f for f in findings if f.name == "private.bits").message.split()[0]
+    assert facts is not None  # private.valid passed: OpenSSL read the key
+    assert facts.bits is not None  # and private.bits passed
     return KeygenResult(
-        paths, int(bits), fingerprint(public_pem), public_pem.decode("ascii"), (), (),
+        paths, facts.bits, fingerprint(public_pem), public_pem.decode("ascii"), (), (),
         tuple(findings), skipped=True,
     )  # fmt: skip
 

@@ -11,9 +11,10 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._checks import Finding, bits_finding, check_apikey, check_public, ours, parse_rsa_text
+from ._checks import Finding, check_apikey, check_public, ours, parse_rsa_text, rsa_findings
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, QredoOpenSSLError, RefusedOverwriteError
 from ._files import (
@@ -22,6 +23,7 @@ from ._files import (
     private_tempdir,
     publishing,
     refuse_existing,
+    write_error,
     write_private,
 )
 from ._openssl import OpenSSL
@@ -178,12 +180,7 @@ def check_token_key(
             found.append(Finding("private.extractable", "fail", msg))
         else:
             found.append(Finding("private.extractable", "ok", hits[0].access))
-    facts = parse_rsa_text(rsa_text)
-    found.append(bits_finding(facts.bits))
-    if facts.exponent == 65537:
-        found.append(Finding("private.exponent", "ok", "e = 65537"))
-    else:
-        found.append(Finding("private.exponent", "fail", f"e = {facts.exponent}, not 65537"))
+    found.extend(rsa_findings(parse_rsa_text(rsa_text)))
     matches = Finding("public.matches", "skip", NO_PIN_HINT)
     if token.pin is not None and os.path.isfile(paths.public):
         matches = _challenge(token, uri, paths.public)
@@ -210,10 +207,15 @@ def _publish_public(
     paths: KeyPaths,
     *,
     force: bool,
+    pem: bytes | None = None,
     extra: tuple[tuple[bytes, str], ...] = (),
+    verify: Callable[[], None] | None = None,
 ) -> tuple[bytes, list[str]]:
-    """Export ``public.pem`` from the token (and ``extra`` files) and publish them, no clobber."""
-    pem = token.public_pem(uri)
+    """Publish ``public.pem`` (``pem``, else exported from the token) and ``extra`` files.
+
+    ``verify`` runs once they are in place; if it raises, they are taken back.
+    """
+    pem = token.public_pem(uri) if pem is None else pem
     directory = os.path.dirname(paths.public) or "."
     ensure_dir(directory)
     with private_tempdir(directory) as tmp:
@@ -225,6 +227,8 @@ def _publish_public(
         with publishing(force) as pub:
             for path, final in staged:
                 pub.publish(path, final)
+            if verify is not None:
+                verify()
             return pem, pub.backups
 
 
@@ -274,39 +278,80 @@ def generate_token_key(
         raise RefusedOverwriteError(msg)
     assert uri.object is not None
     assert uri.id_hex is not None
-    token.tool_run(
-        f"generating an RSA key in token {uri.token!r}",
-        uri,
-        [
-            "--keypairgen",
-            "--key-type",
-            f"rsa:{bits}",
-            "--label",
-            uri.object,
-            "--id",
-            uri.id_hex,
-            "--usage-sign",
-            "--sensitive",
-        ],
-        login=True,
-    )
+    keypairgen = ["--keypairgen", "--key-type", f"rsa:{bits}", "--label", uri.object,
+                  "--id", uri.id_hex, "--usage-sign", "--sensitive"]  # fmt: skip
+    token.tool_run(f"generating an RSA key in token {uri.token!r}", uri, keypairgen, login=True)
     line = (str(uri) + "\n").encode()
+    findings: list[Finding] = []
+
+    def verify() -> None:  # with the files in place; a failure takes them back
+        findings.extend(check_token_key(paths, openssl, options))
+        failed = [f for f in findings if f.status == "fail"]
+        if failed:
+            msg = f"the new key failed its check {failed[0].name}: {failed[0].message}"
+            raise TokenError(msg)
+
     try:
-        pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),))
-        findings = check_token_key(paths, openssl, options)
-    except QredoOpenSSLError as exc:
-        msg = f"{exc}; the new key stays in the token as {uri}"
-        raise type(exc)(msg) from None
-    failed = [f for f in findings if f.status == "fail"]
-    if failed:
-        for path in (paths.public, name):
-            os.unlink(path)
-        msg = f"the new key failed its check {failed[0].name}: {failed[0].message}; "
-        msg += f"nothing was kept here (the key stays in the token as {uri})"
-        raise TokenError(msg)
+        pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),),
+                                 verify=verify)  # fmt: skip
+    except (QredoOpenSSLError, OSError) as exc:
+        error = exc if isinstance(exc, QredoOpenSSLError) else write_error(paths.public, exc)
+        raise _undo_keygen(token, uri, paths, error, options) from None
     return TokenKeygenResult(
         paths, str(uri), name, bits, fingerprint(pem), pem.decode(), tuple(findings)
     )
+
+
+def _undo_keygen(
+    token: Token, uri: Pkcs11Uri, paths: KeyPaths, error: QredoOpenSSLError,
+    options: Pkcs11Options | None,
+) -> QredoOpenSSLError:  # fmt: skip
+    """``error`` of a step after the key was made: the key removed from the token when no
+    file names it, else what is left there and the command that removes it (``fix``)."""
+    name = uri_file(paths)
+    try:  # still there when taking the files back failed; anything unreadable may name it too
+        named = read_bounded(name).strip() == str(uri).encode()
+    except BadInputError:
+        named = os.path.lexists(name)
+    why = f"{name} names it" if named else _remove_new_key(token, uri)
+    if why is None:
+        msg = f"{error}; nothing was kept: the new key was removed from token {uri.token!r}"
+        return type(error)(msg)
+    msg = f"{error}; the new key stays in token {uri.token!r} as {uri} (a private and a public "
+    msg += f"key object, label {uri.object!r}, id {uri.id_hex}), not removed: {why}; remove the "
+    msg += "private one (then the public one: the same with --type pubkey)"
+    try:
+        tool = token.tool()
+    except TokenError:
+        tool = "pkcs11-tool"
+    pin = ("--pin", f"env:{PIN_ENV}") if options is None or options.pin_file is None else ()
+    left = type(error)(msg)
+    left.fix = (
+        tool, "--module", token.module, "--token-label", str(uri.token), "--login", *pin,
+        "--delete-object", "--type", "privkey", "--id", str(uri.id_hex), "--label", str(uri.object),
+    )  # fmt: skip
+    return left
+
+
+def _remove_new_key(token: Token, uri: Pkcs11Uri) -> str | None:
+    """Remove the objects ``keygen`` just made (its label and id, unique in the token before);
+    None when done, else why not. Anything else with that label or id: nothing is removed."""
+    kinds = {"Private Key": "privkey", "Public Key": "pubkey"}
+    try:
+        same = [o for o in _objects(token, uri) if o.label == uri.object or o.id == uri.id]
+        found = sorted(o.kind for o in same)
+        exact = all(o.label == uri.object and o.id == uri.id for o in same)
+        if not exact or found not in (["Private Key"], ["Private Key", "Public Key"]):
+            return f"{len(same)} objects in the token have that label or id, not just the new key's"
+        for kind in found:
+            args = ["--delete-object", "--type", kinds[kind], "--id", str(uri.id_hex)]
+            what = f"removing the new key from token {uri.token!r}"
+            token.tool_run(what, uri, [*args, "--label", str(uri.object)], login=True)
+        if any(o.label == uri.object or o.id == uri.id for o in _objects(token, uri)):
+            return "it is still listed after its removal"
+    except TokenError as exc:
+        return str(exc)
+    return None
 
 
 def derive_token_public(
@@ -325,8 +370,10 @@ def derive_token_public(
         raise BadInputError(conflict)
     uri = read_uri_file(uri_file(paths))
     token = open_token(openssl, options)
+    pem = None
     if os.path.lexists(paths.public):
-        ours = frame_pem(token.public_pem(uri))
+        pem = token.public_pem(uri)  # exported once: compared here, then written
+        ours = frame_pem(pem)
         try:
             there = frame_pem(read_bounded(paths.public))
         except BadInputError:
@@ -336,5 +383,5 @@ def derive_token_public(
             return msg, [], False
         if not force:
             refuse_existing([paths.public])
-    _, backups = _publish_public(token, uri, paths, force=force)
+    _, backups = _publish_public(token, uri, paths, force=force, pem=pem)
     return f"Wrote {paths.public} (0644) from the token key {uri}", backups, True

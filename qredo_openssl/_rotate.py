@@ -26,15 +26,17 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
-from ._checks import check_private, check_public
-from ._errors import BadInputError, OpenSSLError, RefusedOverwriteError
+from ._checks import check_private, check_public, ours
+from ._errors import BadInputError, OpenSSLError, QredoOpenSSLError, RefusedOverwriteError
 from ._files import NEXT_DIR, ROTATE_JOURNAL, KeyPaths, backup_name, fsync_dir
 from ._journal import (
     TORN,
     Journal,
     Move,
     digest,
+    half_done,
     read_journal,
     signals_held,
     take_steps,
@@ -48,6 +50,7 @@ from ._pkcs11 import has_token_key, uri_file
 
 Probe = Callable[[KeyPaths], None]
 """Called with the next pair before ``finish`` changes anything; raises to stop it."""
+E = TypeVar("E", bound=QredoOpenSSLError)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,16 @@ def _q(directory: str) -> str:
     return shlex.quote(directory)
 
 
+def _fixed(error: E, *fix: str) -> E:
+    """``error`` with the command that is the next step (``qredo-openssl ...``) as its fix."""
+    error.fix = ("qredo-openssl", *fix)
+    return error
+
+
+def _keygen(paths: KeyPaths) -> tuple[str, ...]:
+    return ours("keygen", private=paths.private, public=paths.public)[1:]
+
+
 def _refuse_token_key(paths: KeyPaths) -> None:
     if has_token_key(paths):
         msg = (
@@ -157,15 +170,11 @@ def rotation_status(paths: KeyPaths) -> RotationStatus:
         raise BadInputError(msg)
     n = next_paths(paths)
     journal = _journal_path(paths)
-    try:
-        half_done = isinstance(read_journal(journal), Journal)
-    except BadInputError:
-        half_done = True  # unreadable, or from another version: it is not ours to call done
     return RotationStatus(
         paths.dir,
         _pair_state(paths.private, paths.public),
         _pair_state(n.private, n.public, always=True) if os.path.lexists(n.dir) else None,
-        half_done,
+        half_done(paths.dir),
         journal if os.path.lexists(journal) else None,
     )
 
@@ -174,21 +183,19 @@ def check_can_start(paths: KeyPaths) -> None:
     """Raise unless ``start`` may make a next pair in DIR (``--dry-run`` asks this too)."""
     _refuse_token_key(paths)
     if not os.path.isdir(paths.dir):
-        msg = f"no key directory {paths.dir}: make the first pair with: qredo-openssl keygen"
-        raise BadInputError(msg)
+        msg = f"no key directory {paths.dir}: make the first pair"
+        raise _fixed(BadInputError(msg), *_keygen(paths))
     if not os.path.lexists(paths.private):
-        msg = f"no current key at {paths.private}: make the first pair with: qredo-openssl keygen"
-        raise BadInputError(msg)
-    d = _q(paths.dir)
+        msg = f"no current key at {paths.private}: make the first pair"
+        raise _fixed(BadInputError(msg), *_keygen(paths))
     if os.path.lexists(_journal_path(paths)):
-        msg = f"a rotate finish was cut off half-way in {paths.dir}; complete it with: "
-        msg += f"qredo-openssl rotate finish {d}"
-        raise RefusedOverwriteError(msg)
+        msg = f"a rotate finish was cut off half-way in {paths.dir}; complete it"
+        raise _fixed(RefusedOverwriteError(msg), "rotate", "finish", paths.dir)
     n = os.path.join(paths.dir, NEXT_DIR)
     if os.path.lexists(n):
-        msg = f"a rotation is already in progress ({n} exists): after the upload run "
-        msg += f"qredo-openssl rotate finish {d}, or drop it with qredo-openssl rotate abort {d}"
-        raise RefusedOverwriteError(msg)
+        msg = f"a rotation is already in progress ({n} exists): drop it with qredo-openssl "
+        msg += f"rotate abort {_q(paths.dir)}, or after the upload finish it"
+        raise _fixed(RefusedOverwriteError(msg), "rotate", "finish", paths.dir)
 
 
 def start_rotation(paths: KeyPaths, plan: KeygenPlan) -> KeygenResult:
@@ -210,9 +217,8 @@ def _plan(paths: KeyPaths, openssl: OpenSSL | None) -> Journal:
     _refuse_token_key(paths)
     n = next_paths(paths)
     if not os.path.lexists(n.dir):
-        msg = f"no rotation in progress in {paths.dir} ({n.dir} does not exist); "
-        msg += f"start one with: qredo-openssl rotate start {_q(paths.dir)}"
-        raise BadInputError(msg)
+        msg = f"no rotation in progress in {paths.dir} ({n.dir} does not exist); start one"
+        raise _fixed(BadInputError(msg), "rotate", "start", paths.dir)
     if not os.path.isdir(n.dir) or os.path.islink(n.dir):
         msg = f"{n.dir} is not a directory made by rotate start"
         raise BadInputError(msg)
@@ -220,9 +226,9 @@ def _plan(paths: KeyPaths, openssl: OpenSSL | None) -> Journal:
         msg = f"no current key at {paths.private}: restore it first (it is kept as a backup)"
         raise BadInputError(msg)
     if not os.path.lexists(paths.public):
-        msg = f"no current public key at {paths.public}: restore it first, or derive it with: "
-        msg += f"qredo-openssl pubkey {_q(paths.dir)}"
-        raise BadInputError(msg)
+        msg = f"no current public key at {paths.public}: restore it first, or derive it"
+        pubkey = ours("pubkey", private=paths.private, public=paths.public)
+        raise _fixed(BadInputError(msg), *pubkey[1:])
     for p in (n.private, n.public):
         if os.path.islink(p):  # moved into DIR, a relative link would point elsewhere
             msg = f"{p} is a symbolic link; rotate start makes regular files: put the file there"
@@ -235,8 +241,8 @@ def _plan(paths: KeyPaths, openssl: OpenSSL | None) -> Journal:
     failed = [f for f in findings if f.status == "fail"]
     if failed:
         msg = f"the next pair in {n.dir} fails its check {failed[0].name}: {failed[0].message}; "
-        msg += f"nothing was changed (drop it with: qredo-openssl rotate abort {_q(paths.dir)})"
-        raise BadInputError(msg)
+        msg += "nothing was changed; drop it"
+        raise _fixed(BadInputError(msg), "rotate", "abort", paths.dir)
     now = time.time()
     moves = []
     pairs = (("private", paths.private, n.private), ("public", paths.public, n.public))
@@ -319,8 +325,8 @@ def _steps(paths: KeyPaths, journal: Journal, jpath: str) -> str | None:
         if untouched(paths.dir, journal):
             os.unlink(jpath)
             raise BadInputError(msg + "nothing was changed") from None
-        msg += f"fix that, then complete it with: qredo-openssl rotate finish {_q(paths.dir)}"
-        raise BadInputError(msg) from None
+        msg += "fix that, then complete it"
+        raise _fixed(BadInputError(msg), "rotate", "finish", paths.dir) from None
 
 
 def _finished(paths: KeyPaths, j: Journal, *, resumed: bool, kept: str | None) -> FinishResult:
@@ -333,11 +339,10 @@ def abort_rotation(paths: KeyPaths) -> AbortResult:
     with _locked(paths.dir):
         jpath = _journal_path(paths)
         found = read_journal(jpath)
-        d = _q(paths.dir)
         if isinstance(found, Journal):
             msg = f"a rotate finish was cut off half-way in {paths.dir} and cannot be undone; "
-            msg += f"complete it with: qredo-openssl rotate finish {d}"
-            raise RefusedOverwriteError(msg)
+            msg += "complete it"
+            raise _fixed(RefusedOverwriteError(msg), "rotate", "finish", paths.dir)
         n = next_paths(paths)
         if not os.path.lexists(n.dir):
             msg = f"no rotation in progress in {paths.dir} ({n.dir} does not exist); "

@@ -106,10 +106,14 @@ class Output:
         """
         self._say(text, "bold red", "error: ")
 
-    def error(self, code: int, text: str) -> None:
+    def error(self, code: int, text: str, fix: Sequence[str] | None = None) -> None:
+        """The command's error; ``fix`` (argv, already shown in ``text``) is a JSON field too."""
         if self.json_mode:
+            doc: dict[str, Any] = {"code": code, "message": text}
+            if fix:
+                doc["fix"] = list(fix)
             with contextlib.suppress(OSError):  # the error may be that stdout is unwritable
-                self.json({"error": {"code": code, "message": text}})
+                self.json({"error": doc})
         self._say(text, "bold red", "error: ")
 
     def table(self, rows: Sequence[tuple[str, str, str]], headers: tuple[str, str, str]) -> None:

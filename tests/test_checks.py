@@ -348,7 +348,10 @@ def test_check_cli_json(case_id: str, cli_json: dict[str, dict[str, Any]]) -> No
     entry = cli_json[case_id]
     assert entry["ok"] is (case.exit == 0), entry
     doc = entry["checks"]
-    assert all(set(f) == {"name", "status", "message"} for f in doc)
+    for f in doc:  # the fix is data: a field, and still shown in the message
+        assert set(f) == {"name", "status", "message"} | ({"fix"} if "fix" in f else set())
+        if "fix" in f:
+            assert f["message"].endswith(f"; run: {shlex.join(f['fix'])}")
     found = {f["name"]: f for f in doc}
     assert found[case.name]["status"] == case.status
 
@@ -473,3 +476,32 @@ def test_corpus_dirs_are_untouched_by_check(corpus: dict[str, Path]) -> None:
         names = {p.name for p in d.iterdir()}
         assert not {n for n in names if n.startswith(".qredo-openssl-") or n.endswith(".bak")}
     assert stat.S_IMODE(os.stat(corpus["mode-0644"] / "private.pem").st_mode) == 0o644
+
+
+@pytest.mark.parametrize(
+    ("bits", "exponent", "statuses"),
+    [
+        pytest.param(2048, 65537, ("ok", "ok"), id="qredo"),
+        pytest.param(4096, 65537, ("warn", "ok"), id="4096"),
+        pytest.param(1024, 3, ("fail", "fail"), id="small-e3"),
+        pytest.param(None, None, ("fail", "fail"), id="unread"),
+    ],
+)
+def test_bits_and_exponent_are_one_rule(bits, exponent, statuses) -> None:
+    """A key file and a token key are judged by the same function of OpenSSL's facts."""
+    from qredo_openssl._checks import RsaFacts, rsa_findings
+
+    found = rsa_findings(RsaFacts(bits, exponent, None))
+    assert [(f.name, f.status) for f in found] == list(
+        zip(("private.bits", "private.exponent"), statuses)
+    )
+
+
+def test_bits_and_exponent_findings_are_made_in_one_module() -> None:
+    package = Path(q.__file__).parent
+    makers = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if re.search(r'Finding\(\s*"private\.(bits|exponent)"', p.read_text())
+    }
+    assert makers == {"_checks.py"}

@@ -424,3 +424,27 @@ def test_backups_never_replace_older_backups(tmp_path, monkeypatch):
     assert pub.backups == [str(taken) + ".1.bak"]
     assert Path(pub.backups[0]).read_bytes() == b"OLD KEY"
     assert target.read_bytes() == b"NEW KEY"
+
+
+@real
+def test_skip_existing_size_is_data_not_message_text(keys, tmp_path, monkeypatch):
+    """--skip-existing reports the existing key's size from OpenSSL's facts, whatever words
+    the private.bits finding uses."""
+    from helpers import key_pair
+
+    from qredo_openssl import _checks
+
+    d = key_pair(tmp_path / "k", keys)
+    real_finding = _checks.Finding
+
+    def reworded(name, status, message, fix=None):
+        if name == "private.bits":
+            message = f"a modulus of {message}"
+        return real_finding(name, status, message, fix)
+
+    monkeypatch.setattr(_checks, "Finding", reworded)
+    plan = q.plan_keygen(q.detect_openssl())
+    r = q.generate_keypair(q.KeyPaths.in_dir(str(d)), plan, skip_existing=True)
+    assert r.skipped
+    assert r.bits == 2048
+    assert next(f for f in r.findings if f.name == "private.bits").message.startswith("a mod")

@@ -11,8 +11,11 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import stat
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -457,3 +460,209 @@ def test_send_with_the_token_key_is_accepted_by_the_server(hsm, tokendir, tmp_pa
         assert r.returncode == 0, r.stderr
         assert [x.verdict for x in srv.requests] == ["signature", "ok"]
         assert json.loads(r.stdout)["target"] == "/api/v1/p/company"
+
+
+# --- the token's public key is exported once per command -------------------------------------
+
+
+@pytest.mark.parametrize("public", ["tampered", "same"])
+def test_pubkey_exports_the_token_public_key_once(hsm, tokendir, keys, tmp_path, public):
+    """``pubkey`` compares the token's public key with public.pem and writes that same export:
+    one ``openssl pkey`` call, not one for the comparison and another for the file."""
+    assert REAL_OPENSSL
+    openssl, log = logging_wrapper(tmp_path / "bin", REAL_OPENSSL, "openssl")
+    d = copy_dir(tokendir, tmp_path / "k")
+    if public == "tampered":
+        os.chmod(d / "public.pem", 0o644)
+        shutil.copy(keys.public, d / "public.pem")
+    r = run_cli("pubkey", "--force", "--openssl", str(openssl), str(d), env=hsm.env)
+    assert r.returncode == 0, r.stderr
+    assert (d / "public.pem").read_bytes() == (tokendir / "public.pem").read_bytes()
+    exports = [c for c in log.read_text().splitlines() if c.startswith("pkey\t")]
+    assert len(exports) == 1, exports
+
+
+# --- keygen --pkcs11: a later step fails after the key was made in the token ------------------
+
+
+def labels_and_ids(hsm: Hsm) -> set[tuple[str, str, str]]:
+    """(kind, label, id) of every object in the token, as pkcs11-tool lists them."""
+    found, kind, label = set(), "", ""
+    for line in hsm.objects().splitlines():
+        if " Object;" in line:
+            kind = line.split(" Object;")[0]
+        elif line.strip().startswith("label:"):
+            label = line.split(":", 1)[1].strip()
+        elif line.strip().startswith("ID:"):
+            found.add((kind, label, line.split(":", 1)[1].strip()))
+    return found
+
+
+def _fail_export(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._pkcs11 import Token
+    from qredo_openssl._pkcs11_errors import TokenError
+
+    def export(self, uri):
+        raise TokenError(f"exporting the public key of {uri} failed: fake")
+
+    m.setattr(Token, "public_pem", export)
+
+
+def _fail_publish(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._errors import WriteError
+    from qredo_openssl._files import Publisher
+
+    real = Publisher.publish
+
+    def publish(self, tmp, final, *, secret=False):
+        if final.endswith("private.uri"):  # public.pem is placed already: taken back
+            raise WriteError(f"cannot write {final}: disk full")
+        return real(self, tmp, final, secret=secret)
+
+    m.setattr(Publisher, "publish", publish)
+
+
+def _checks_fail(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl._checks import Finding
+
+    real = _pkcs11_keys.check_token_key
+
+    def check(paths, openssl, options=None):
+        return [
+            Finding(f.name, "fail", "fake: the key can leave the token")
+            if f.name == "private.extractable" else f
+            for f in real(paths, openssl, options)
+        ]  # fmt: skip
+
+    m.setattr(_pkcs11_keys, "check_token_key", check)
+
+
+def _checks_raise(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl._pkcs11_errors import TokenError
+
+    def check(paths, openssl, options=None):
+        raise TokenError("listing the objects of token failed: fake")
+
+    m.setattr(_pkcs11_keys, "check_token_key", check)
+
+
+FAULTS = {
+    "export": (_fail_export, "exporting the public key", 3),
+    "publish": (_fail_publish, "disk full", 1),
+    "check-fails": (_checks_fail, "failed its check private.extractable", 3),
+    "check-raises": (_checks_raise, "listing the objects", 3),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_keygen_removes_its_new_key_when_a_later_step_fails(hsm, tokendir, tmp_path, fault):
+    inject, says, code = FAULTS[fault]
+    before = labels_and_ids(hsm)
+    assert any(label == LABEL for _, label, _ in before)  # another key is there, and stays
+    d = tmp_path / "k"
+    label = f"failed-{fault}"
+    with pytest.MonkeyPatch.context() as m:
+        inject(m)
+        r = run_cli("keygen", "--pkcs11", f"pkcs11:token={hsm.token};object={label}", str(d),
+                    env=hsm.env)  # fmt: skip
+    assert r.returncode == code, r.stderr
+    [line] = r.stderr.strip().splitlines()[-1:]
+    assert says in line
+    assert line.endswith(f"nothing was kept: the new key was removed from token '{hsm.token}'")
+    assert labels_and_ids(hsm) == before  # no stray key, and nothing else removed
+    assert not d.exists() or sorted(p.name for p in d.iterdir()) == []
+
+
+def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path):
+    """The token refuses the removal: the error names the objects left and carries the
+    command that removes them, which runs as printed."""
+    assert PKCS11_TOOL
+    tool = tmp_path / "bin" / "pkcs11-tool"
+    tool.parent.mkdir()
+    tool.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --delete-object ] && { echo "error: refused" >&2; exit 1; }; '
+        "done\n"
+        f'exec {PKCS11_TOOL} "$@"\n'
+    )
+    tool.chmod(0o755)
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=left-key;id=%5e%17"
+    with pytest.MonkeyPatch.context() as m:
+        _fail_export(m)
+        r = run_cli("keygen", "--pkcs11", uri, "--pkcs11-tool", str(tool), str(d), env=hsm.env)
+    assert r.returncode == 3
+    line = r.stderr.strip().splitlines()[-1]
+    assert f"the new key stays in token '{hsm.token}' as {uri}" in line
+    assert "label 'left-key', id 5e17" in line
+    left = labels_and_ids(hsm) - before
+    assert left == {("Private Key", "left-key", "5e17"), ("Public Key", "left-key", "5e17")}
+    assert not d.exists()
+    fix = shlex.split(line.rsplit("; run: ", 1)[1])
+    assert fix == [
+        str(tool), "--module", hsm.module, "--token-label", hsm.token, "--login",
+        "--pin", "env:QREDO_PKCS11_PIN",
+        "--delete-object", "--type", "privkey", "--id", "5e17", "--label", "left-key",
+    ]  # fmt: skip
+    assert PIN not in line
+    env = hsm.child_env()
+    for kind in ("privkey", "pubkey"):
+        argv = [PKCS11_TOOL, *fix[1:]]
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) == before
+
+
+def _rollback_fails(m: pytest.MonkeyPatch) -> None:
+    from qredo_openssl._files import Publisher
+
+    _checks_fail(m)
+    m.setattr(Publisher, "rollback", lambda self: None)  # the files stay: they name the key
+
+
+def _label_taken(hsm: Hsm, label: str) -> Callable[[pytest.MonkeyPatch], None]:
+    def inject(m: pytest.MonkeyPatch) -> None:
+        from qredo_openssl._pkcs11 import Token
+        from qredo_openssl._pkcs11_errors import TokenError
+
+        def export(self, uri):  # meanwhile, someone makes another key with the same label
+            r = hsm.tool("--keypairgen", "--key-type", "EC:prime256v1", "--label", label,
+                         "--id", "99", login=True)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            raise TokenError(f"exporting the public key of {uri} failed: fake")
+
+        m.setattr(Token, "public_pem", export)
+
+    return inject
+
+
+@pytest.mark.parametrize("unsafe", ["file-left", "label-taken"])
+def test_keygen_removes_nothing_when_removal_is_unsafe(hsm, tokendir, tmp_path, unsafe):
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    label = f"unsafe-{unsafe}"
+    uri = f"pkcs11:token={hsm.token};object={label};id=%77"
+    inject = _rollback_fails if unsafe == "file-left" else _label_taken(hsm, label)
+    with pytest.MonkeyPatch.context() as m:
+        inject(m)
+        r = run_cli("keygen", "--pkcs11", uri, str(d), env=hsm.env)
+    assert r.returncode == 3, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    why = f"{d / 'private.uri'} names it" if unsafe == "file-left" else "4 objects in the token"
+    assert f"not removed: {why}" in line
+    ours = {("Private Key", label, "77"), ("Public Key", label, "77")}
+    others = {("Private Key", label, "99"), ("Public Key", label, "99")}
+    assert labels_and_ids(hsm) - before == (ours if unsafe == "file-left" else ours | others)
+    fix = shlex.split(line.rsplit("; run: ", 1)[1])
+    for kind in ("privkey", "pubkey"):  # the fix removes ours, and only ours
+        argv = [*fix]
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) - before == (set() if unsafe == "file-left" else others)

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -721,3 +722,112 @@ def test_status_imports_nothing_heavy(rotating: Path):
 
     mods = imported("--json", "rotate", "status", str(rotating))
     assert [m for m in HEAVY if m in mods] == []
+
+
+@real
+def test_check_on_a_half_done_finish_advises_rotate_finish(rotating: Path, keys, new_key):
+    """Cut off between the two swaps (new private.pem, old public.pem): the pair does not
+    match, and the one safe step is rotate finish, not pubkey --force (which would write a
+    public.pem the journal does not know, and leave the rotation impossible to complete)."""
+    paths = q.KeyPaths.in_dir(str(rotating))
+    with pytest.MonkeyPatch.context() as m:
+        done = crash_at(m, rotating, 4)  # the public key's link, after the private replace
+        with pytest.raises(Crash):
+            _rotate.finish_rotation(paths, q.detect_openssl())
+    assert done[-2:] == ["replace", "(link failed)"]
+    finish = ["qredo-openssl", "rotate", "finish", str(rotating)]
+    r = run_cli("--json", "check", str(rotating))
+    assert r.returncode == 1, r.stdout
+    found = {f["name"]: f for f in json.loads(r.stdout)}
+    assert found["public.matches"]["status"] == "fail"
+    assert found["public.matches"]["fix"] == finish
+    assert found["rotate.pending"]["fix"] == finish
+    assert "pubkey" not in r.stdout
+    r = run_cli("check", str(rotating))
+    assert r.returncode == 1
+    row = next(line for line in r.stdout.splitlines() if "public.matches" in line)
+    assert row.endswith(f"; run: qredo-openssl rotate finish {rotating}")
+    assert "cut off half-way" in row
+    assert "pubkey" not in r.stdout
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+    assert run_cli("check", str(rotating)).returncode == 0
+
+
+def _refusal(call) -> QredoOpenSSLError:
+    with pytest.raises(QredoOpenSSLError) as info:
+        call()
+    return info.value
+
+
+@real
+def test_rotate_hints_are_fix_data(key_dir: Path, new_key, tmp_path: Path, monkeypatch):
+    """Each next step rotate advises is ``.fix`` (an argv), shown as ``; run: ...``, and a
+    JSON field where the CLI renders the error as a document."""
+    from qredo_openssl._cli._base import error_doc, error_message
+
+    openssl = q.detect_openssl()
+    d = str(key_dir)
+    paths = q.KeyPaths.in_dir(d)
+    plan = q.plan_keygen(openssl)
+    cmd = ("qredo-openssl",)
+    cases: list[tuple[QredoOpenSSLError, tuple[str, ...]]] = []
+
+    gone = q.KeyPaths.in_dir(str(tmp_path / "gone"))
+    cases.append((_refusal(lambda: _rotate.check_can_start(gone)), (*cmd, "keygen", gone.dir)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_key = q.KeyPaths.in_dir(str(empty))
+    cases.append((_refusal(lambda: _rotate.start_rotation(no_key, plan)),
+                  (*cmd, "keygen", str(empty))))  # fmt: skip
+    cases.append((_refusal(lambda: _rotate.finish_rotation(paths, openssl)),
+                  (*cmd, "rotate", "start", d)))  # fmt: skip
+    put_next(key_dir, new_key)
+    cases.append((_refusal(lambda: _rotate.check_can_start(paths)),
+                  (*cmd, "rotate", "finish", d)))  # fmt: skip
+    (key_dir / "public.pem").rename(key_dir / "public.away")
+    cases.append((_refusal(lambda: _rotate.finish_rotation(paths, openssl)),
+                  (*cmd, "pubkey", d)))  # fmt: skip
+    (key_dir / "public.away").rename(key_dir / "public.pem")
+    good_public = (key_dir / "next" / "public.pem").read_bytes()
+    (key_dir / "next" / "public.pem").write_bytes((key_dir / "public.pem").read_bytes())
+    cases.append((_refusal(lambda: _rotate.finish_rotation(paths, openssl)),
+                  (*cmd, "rotate", "abort", d)))  # fmt: skip
+    (key_dir / "next" / "public.pem").write_bytes(good_public)
+    with monkeypatch.context() as m:  # a filesystem that refuses a later step
+        crash_at(m, key_dir, 3, OSError(1, "Operation not permitted"))
+        cases.append((_refusal(lambda: _rotate.finish_rotation(paths, openssl)),
+                      (*cmd, "rotate", "finish", d)))  # fmt: skip
+    assert _rotate.rotation_status(paths).half_done
+    cases.append((_refusal(lambda: _rotate.abort_rotation(paths)),
+                  (*cmd, "rotate", "finish", d)))  # fmt: skip
+    cases.append((_refusal(lambda: _rotate.check_can_start(paths)),
+                  (*cmd, "rotate", "finish", d)))  # fmt: skip
+
+    for error, fix in cases:
+        assert error.fix == fix, str(error)
+        assert shlex.join(fix) not in str(error)  # said once: as the fix
+        assert error_message(error).endswith(f"; run: {shlex.join(fix)}")
+        assert error_doc(error)["fix"] == list(fix)
+    r = run_cli("rotate", "abort", d)
+    assert r.returncode == 4
+    assert r.stderr.rstrip().endswith(f"; run: qredo-openssl rotate finish {d}")
+    r = run_cli("--json", "rotate", "abort", d)  # the error main() reports carries it too
+    assert r.returncode == 4
+    assert json.loads(r.stdout)["error"]["fix"] == ["qredo-openssl", "rotate", "finish", d]
+
+
+@real
+def test_an_interrupt_that_leaves_a_half_done_finish_gives_its_fix(rotating: Path, monkeypatch):
+    """An interrupt not held (raised by code, not a signal) between the swaps: exit 130, and
+    the command that completes it, as text and as the JSON error's fix."""
+    finish = ["qredo-openssl", "rotate", "finish", str(rotating)]
+    with monkeypatch.context() as m:
+        crash_at(m, rotating, 4, KeyboardInterrupt())
+        r = run_cli("--json", "rotate", "finish", str(rotating))
+    assert r.returncode == 130, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert error["fix"] == finish
+    assert error["message"] == f"interrupted half-way; complete it; run: {shlex.join(finish)}"
+    assert r.stderr == f"error: {error['message']}\n"
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0

@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.data(f"qredo-openssl {__version__}")
         return 0
     except QredoOpenSSLError as exc:
-        out.error(exc.exit_code, error_message(exc))
+        out.error(exc.exit_code, error_message(exc), exc.fix)
         return exc.exit_code
     except (KeyboardInterrupt, Interrupted):
         # Claim nothing about files: a command that had finished writing keeps what it wrote.

@@ -246,12 +246,20 @@ def error_message(exc: QredoOpenSSLError) -> str:
 
 
 def error_doc(exc: QredoOpenSSLError) -> dict[str, Any]:
-    return {"code": exc.exit_code, "message": error_message(exc)}
+    """``{"code", "message"}``, and ``"fix"`` (argv) when the error has one."""
+    fix = {"fix": list(exc.fix)} if exc.fix else {}
+    return {"code": exc.exit_code, "message": error_message(exc), **fix}
 
 
-def findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, str]]:
-    """Findings as JSON: ``{"name", "status", "message"}``, the fix hint in the message."""
+def findings_doc(findings: Sequence[q.Finding]) -> list[dict[str, Any]]:
+    """Findings as JSON: ``{"name", "status", "message"}``, the fix hint in the message, and
+    ``"fix"`` (argv) for a finding that has one."""
     return [
-        {"name": f.name, "status": f.status, "message": with_fix(f.message, f.fix)}
+        {
+            "name": f.name,
+            "status": f.status,
+            "message": with_fix(f.message, f.fix),
+            **({"fix": list(f.fix)} if f.fix else {}),
+        }
         for f in findings
     ]

@@ -12,7 +12,15 @@ import qredo_openssl as q
 from .._defaults import ALLOWED_BITS, QREDO_BITS
 from .._errors import EXIT_INTERRUPTED, Interrupted, ToolError, UsageError
 from .._ui import Output
-from ._base import Command, describe, get_openssl, key_paths, openssl_doc, traditional_option
+from ._base import (
+    Command,
+    describe,
+    get_openssl,
+    key_paths,
+    openssl_doc,
+    traditional_option,
+    with_fix,
+)
 from ._render import NEXT_STEP
 
 if TYPE_CHECKING:
@@ -228,7 +236,8 @@ def cmd_finish(args: argparse.Namespace, out: Output) -> int:
     try:
         r = _rotate.finish_rotation(paths, openssl, probe=probe)
     except (KeyboardInterrupt, Interrupted):
-        out.error(EXIT_INTERRUPTED, _interrupted(paths))
+        message, fix = _interrupted(paths)
+        out.error(EXIT_INTERRUPTED, with_fix(message, fix), fix)
         return EXIT_INTERRUPTED
     doc: dict[str, Any] = {
         "dir": paths.dir,
@@ -252,18 +261,20 @@ def cmd_finish(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _interrupted(paths: q.KeyPaths) -> str:
-    """What an interrupted finish left: it holds signals while it swaps, so one of two."""
+def _interrupted(paths: q.KeyPaths) -> tuple[str, tuple[str, ...] | None]:
+    """What an interrupted finish left (it holds signals while it swaps, so one of two), and
+    the command that completes it when it was cut off half-way."""
     from .. import _rotate
 
     st = _rotate.rotation_status(paths)
-    finish = f"qredo-openssl rotate finish {shlex.quote(paths.dir)}"
     if st.half_done:  # only when cut off by other means than Ctrl-C or SIGTERM
-        return f"interrupted half-way; complete it: {finish}"
+        return "interrupted half-way; complete it", ("qredo-openssl", "rotate", "finish", paths.dir)
     if st.next is None:
         fp = st.current.fingerprint if st.current else None
-        return f"interrupted; the rotation was completed: {paths.dir} holds the new pair ({fp})"
-    return "interrupted; nothing was changed: the old pair is in place, the next pair still waits"
+        msg = f"interrupted; the rotation was completed: {paths.dir} holds the new pair ({fp})"
+        return msg, None
+    msg = "interrupted; nothing was changed: the old pair is in place, the next pair still waits"
+    return msg, None
 
 
 def cmd_abort(args: argparse.Namespace, out: Output) -> int:
