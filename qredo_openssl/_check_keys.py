@@ -18,8 +18,7 @@ from ._checks import (
     check_public,
     check_rotation,
 )
-from ._files import URI_NAME, KeyPaths
-from ._journal import half_done
+from ._files import ROTATE_JOURNAL, URI_NAME, KeyPaths
 from ._openssl import OpenSSL
 
 if TYPE_CHECKING:
@@ -44,8 +43,11 @@ def check_keys(
             *check_public(paths.public, derived, paths.private, openssl),
             *check_apikey(paths.apikey),
         ]
-        if half_done(paths.dir):
-            keys = _finish_first(keys, paths.dir)
+        if os.path.lexists(os.path.join(paths.dir, ROTATE_JOURNAL)):
+            from ._journal import half_done  # here: only a rotation in progress needs it
+
+            if half_done(paths.dir):
+                keys = _finish_first(keys, paths.dir)
     return [*keys, *check_rotation(paths.dir), *check_dir(paths.dir)]
 
 

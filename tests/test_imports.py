@@ -6,6 +6,7 @@ That list is the evidence; nothing here measures or asserts a time.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,20 +26,36 @@ def _env() -> dict[str, str]:
 
 
 def imported(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> set[str]:
-    """Every module ``python -m qredo_openssl ARGS`` imported, output to pipes (no terminal)."""
-    r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "qredo_openssl", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        env=_env() if env is None else env,
-        timeout=120,
+    """Every module ``python -m qredo_openssl ARGS`` had loaded when it exited, output to
+    pipes (no terminal). Read from ``sys.modules`` at exit: ``-X importtime`` misses what
+    ``importlib.import_module`` loads (the CLI loads its command module so)."""
+    code = (
+        "import atexit, json, os, runpy, sys\n"
+        "fd = int(os.environ['MODULES_FD'])\n"
+        "atexit.register(lambda: os.write(fd, json.dumps(sorted(sys.modules)).encode()))\n"
+        "sys.argv[0] = 'qredo_openssl'\n"
+        "runpy.run_module('qredo_openssl', run_name='__main__', alter_sys=True)\n"
     )
-    mods = {
-        line.rsplit("|", 1)[-1].strip()
-        for line in r.stderr.splitlines()
-        if line.startswith("import time:")
-    }
+    read, write = os.pipe()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env={**(_env() if env is None else env), "MODULES_FD": str(write)},
+            pass_fds=(write,),
+            timeout=120,
+        )
+        os.close(write)
+        write = -1
+        with os.fdopen(read, "rb") as f:
+            read = -1
+            mods = set(json.loads(f.read() or b"[]"))
+    finally:
+        for fd in (read, write):
+            if fd >= 0:
+                os.close(fd)
     assert "qredo_openssl._cli" in mods, r.stderr  # the listing really is there
     return mods
 
@@ -90,6 +107,13 @@ def test_check_on_a_pipe_does_not_import_rich(key_dir: Path, args: list[str]) ->
     # sh loads without it: _shload._AsyncioOnDemand, kept because it saves ~40 ms a command
     # (its docstring has the measurements; scripts/bench case "s" re-measures it)
     assert "asyncio" not in mods
+    # Only what a PEM pair's check uses: its command module, no token, rotation or send code.
+    ours = {m for m in mods if m.startswith("qredo_openssl.")}
+    assert {m for m in ours if m.startswith("qredo_openssl._cli.")} == {
+        "qredo_openssl._cli._base", "qredo_openssl._cli.checks"
+    }
+    unused = ("_pkcs11", "_journal", "_rotate", "_send", "_curl", "_sign", "_keygen", "_batch")
+    assert [m for m in ours if m.split(".")[1].startswith(unused)] == []
 
 
 @pytest.mark.real_openssl

@@ -1,8 +1,10 @@
 """The ``qredo-openssl`` command line: parsing, and the one place errors become exit codes.
 
-Commands live in modules by group (``keys``, ``requests``); each registers its parsers and
-handlers, renders its results (text or JSON) and leaves the work to the library. Importing this
-package must stay cheap: ``--version`` and ``--help`` never load ``sh`` or ``rich``.
+Commands live in modules by group (:data:`GROUPS`: ``keys``, ``checks``, ``requests``, ``send``,
+``rotate``); each registers its parsers and handlers, renders its results (text or JSON) and
+leaves the work to the library. They import ``_base`` and ``_render``, never each other: a run
+loads only its command's module. Importing this package must stay cheap: ``--version`` and
+``--help`` never load ``sh`` or ``rich``.
 """
 
 from __future__ import annotations
