@@ -25,6 +25,7 @@ from ._files import (
     refuse_existing,
     write_error,
 )
+from ._journal import refuse_mid_rotation
 from ._openssl import (
     OpenSSL,
     TraditionalDecision,
@@ -140,6 +141,7 @@ def generate_keypair(
     if force and skip_existing:
         msg = "--skip-existing and --force cannot be given together"
         raise UsageError(msg)
+    refuse_mid_rotation(paths.dir)
     if skip_existing and any(os.path.lexists(p) for p in (paths.private, paths.public)):
         return _existing(paths, plan)
     try:

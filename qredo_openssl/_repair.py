@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ._checks import Finding, check_private
 from ._errors import BadInputError, OpenSSLError
 from ._files import KeyPaths, ensure_dir, private_tempdir, publishing, refuse_existing
+from ._journal import refuse_mid_rotation
 from ._keygen import produced
 from ._openssl import OpenSSL, TraditionalMode, decide_traditional
 from ._pem import frame_pem, read_bounded
@@ -64,6 +65,7 @@ def derive_public(
             paths, openssl, force=force, options=pkcs11
         )
         return RepairResult(paths.public if written else None, tuple(backups), (), message)
+    refuse_mid_rotation(paths.dir)
     if os.path.lexists(paths.public):
         try:
             found, derived = _usable_private(paths, openssl)
@@ -123,6 +125,7 @@ def convert_private(
     writes PKCS#1 and rejects the flag). The key itself is unchanged, so ``public.pem`` still
     matches.
     """
+    refuse_mid_rotation(paths.dir)
     found, derived = _usable_private(paths, openssl)
     if found["private.format"].status != "fail":
         return RepairResult(None, (), (), f"{paths.private} is already PKCS#1: nothing to do")

@@ -754,6 +754,37 @@ def test_check_on_a_half_done_finish_advises_rotate_finish(rotating: Path, keys,
     assert run_cli("check", str(rotating)).returncode == 0
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["pubkey", "--force"], id="pubkey-force"),
+        pytest.param(["pubkey"], id="pubkey"),
+        pytest.param(["convert"], id="convert"),
+        pytest.param(["keygen", "--force"], id="keygen-force"),
+        pytest.param(["keygen", "--skip-existing"], id="keygen-skip-existing"),
+        pytest.param(["keygen"], id="keygen"),
+    ],
+)
+def test_nothing_rewrites_a_key_of_a_half_done_finish(rotating: Path, keys, new_key, argv):
+    """Mid-swap, a new key, a rewritten public.pem or a converted private.pem would leave the
+    rotation impossible to complete: each is refused (exit 4), with rotate finish as its fix,
+    and nothing changes; rotate finish then completes it."""
+    paths = q.KeyPaths.in_dir(str(rotating))
+    with pytest.MonkeyPatch.context() as m:
+        crash_at(m, rotating, 4)  # the public key's link, after the private replace
+        with pytest.raises(Crash):
+            _rotate.finish_rotation(paths, q.detect_openssl())
+    before = {p.name: p.read_bytes() for p in rotating.iterdir() if p.is_file()}
+    r = run_cli("--json", *argv, str(rotating))
+    assert r.returncode == 4, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert error["fix"] == ["qredo-openssl", "rotate", "finish", str(rotating)]
+    assert "mid-rotation" in error["message"]
+    assert {p.name: p.read_bytes() for p in rotating.iterdir() if p.is_file()} == before
+    assert run_cli("rotate", "finish", str(rotating)).returncode == 0
+    assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
 def _refusal(call) -> QredoOpenSSLError:
     with pytest.raises(QredoOpenSSLError) as info:
         call()
