@@ -331,7 +331,9 @@ def check_rotation(directory: str) -> list[Finding]:
     finish = ("qredo-openssl", "rotate", "finish", directory)
     journal = os.path.join(directory, ROTATE_JOURNAL)
     if os.path.lexists(journal):
-        msg = f"a rotate finish was cut off half-way ({journal})"
+        # Half-done, or cut off while its journal was written (then nothing was moved yet):
+        # either way, running it again completes the rotation.
+        msg = f"a rotate finish was interrupted ({journal}); run it again to complete it"
         return [Finding("rotate.pending", "warn", msg, finish)]
     nxt = os.path.join(directory, NEXT_DIR)
     if os.path.lexists(nxt):

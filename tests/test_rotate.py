@@ -260,7 +260,7 @@ def test_check_reports_a_rotation_in_progress(rotating: Path, tmp_path: Path):
     assert f"rotate finish {rotating}" in f["message"]
     (rotating / "rotate.journal").write_text("{")
     [f] = pending(rotating)
-    assert "cut off" in f["message"]
+    assert "a rotate finish was interrupted" in f["message"]
     assert run_cli("rotate", "finish", str(rotating)).returncode == 0
     assert pending(rotating) == []
 
