@@ -97,4 +97,10 @@ class WriteError(QredoOpenSSLError):
 
 
 class Interrupted(BaseException):
-    """SIGTERM turned into an exception so that ``finally`` blocks clean up (exit 130)."""
+    """SIGTERM turned into an exception so that ``finally`` blocks clean up (exit 130).
+
+    Raised again with a message (what the interrupted step left behind) and a ``fix``, the
+    CLI says both after "interrupted".
+    """
+
+    fix: tuple[str, ...] | None = None

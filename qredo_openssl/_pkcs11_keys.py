@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._checks import Finding, check_apikey, check_public, ours, parse_rsa_text, rsa_findings
 from ._defaults import ALLOWED_BITS, QREDO_BITS
-from ._errors import BadInputError, QredoOpenSSLError, RefusedOverwriteError
+from ._errors import BadInputError, Interrupted, QredoOpenSSLError, RefusedOverwriteError
 from ._files import (
     KeyPaths,
     ensure_dir,
@@ -280,7 +280,6 @@ def generate_token_key(
     assert uri.id_hex is not None
     keypairgen = ["--keypairgen", "--key-type", f"rsa:{bits}", "--label", uri.object,
                   "--id", uri.id_hex, "--usage-sign", "--sensitive"]  # fmt: skip
-    token.tool_run(f"generating an RSA key in token {uri.token!r}", uri, keypairgen, login=True)
     line = (str(uri) + "\n").encode()
     findings: list[Finding] = []
 
@@ -291,12 +290,24 @@ def generate_token_key(
             msg = f"the new key failed its check {failed[0].name}: {failed[0].message}"
             raise TokenError(msg)
 
+    holds = "may hold"  # an interrupted pkcs11-tool may or may not have made it
     try:
-        pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),),
-                                 verify=verify)  # fmt: skip
-    except (QredoOpenSSLError, OSError) as exc:
-        error = exc if isinstance(exc, QredoOpenSSLError) else write_error(paths.public, exc)
-        raise _undo_keygen(token, uri, paths, error, options) from None
+        token.tool_run(f"generating an RSA key in token {uri.token!r}", uri, keypairgen,
+                       login=True)  # fmt: skip
+        holds = "holds"
+        try:
+            pem, _ = _publish_public(token, uri, paths, force=False, extra=((line, name),),
+                                     verify=verify)  # fmt: skip
+        except (QredoOpenSSLError, OSError) as exc:
+            error = exc if isinstance(exc, QredoOpenSSLError) else write_error(paths.public, exc)
+            raise _undo_keygen(token, uri, paths, error, options) from None
+    except (KeyboardInterrupt, Interrupted):
+        # Not removed on the way out (a second Ctrl-C would cut that short): said, with how.
+        msg = f"no file was written; token {uri.token!r} {holds} the new key {_named(uri)}; "
+        msg += "remove the private one (then the public one: the same with --type pubkey)"
+        stopped = Interrupted(msg)
+        stopped.fix = _removal(token, uri, options)
+        raise stopped from None
     return TokenKeygenResult(
         paths, str(uri), name, bits, fingerprint(pem), pem.decode(), tuple(findings)
     )
@@ -317,20 +328,29 @@ def _undo_keygen(
     if why is None:
         msg = f"{error}; nothing was kept: the new key was removed from token {uri.token!r}"
         return type(error)(msg)
-    msg = f"{error}; the new key stays in token {uri.token!r} as {uri} (a private and a public "
-    msg += f"key object, label {uri.object!r}, id {uri.id_hex}), not removed: {why}; remove the "
-    msg += "private one (then the public one: the same with --type pubkey)"
+    msg = f"{error}; the new key stays in token {uri.token!r} as {_named(uri)}, not removed: "
+    msg += f"{why}; remove the private one (then the public one: the same with --type pubkey)"
+    left = type(error)(msg)
+    left.fix = _removal(token, uri, options)
+    return left
+
+
+def _named(uri: Pkcs11Uri) -> str:
+    return f"{uri} (a private and a public key object, label {uri.object!r}, id {uri.id_hex})"
+
+
+def _removal(token: Token, uri: Pkcs11Uri, options: Pkcs11Options | None) -> tuple[str, ...]:
+    """The command that removes the private key object ``keygen`` made (``--type pubkey``:
+    its public one)."""
     try:
         tool = token.tool()
     except TokenError:
         tool = "pkcs11-tool"
     pin = ("--pin", f"env:{PIN_ENV}") if options is None or options.pin_file is None else ()
-    left = type(error)(msg)
-    left.fix = (
+    return (
         tool, "--module", token.module, "--token-label", str(uri.token), "--login", *pin,
         "--delete-object", "--type", "privkey", "--id", str(uri.id_hex), "--label", str(uri.object),
     )  # fmt: skip
-    return left
 
 
 def _remove_new_key(token: Token, uri: Pkcs11Uri) -> str | None:

@@ -618,6 +618,51 @@ def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path
     assert labels_and_ids(hsm) == before
 
 
+@pytest.mark.parametrize("where", ["keypairgen", "publish"])
+def test_keygen_interrupted_says_what_the_token_holds(hsm, tokendir, tmp_path, where):
+    """Ctrl-C once the key is (or may be) in the token: exit 130, no file written, and the
+    message names the key and carries the command that removes it, which runs as printed."""
+    from qredo_openssl._pkcs11 import Token
+
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=cut-key;id=%7a%01"
+    with pytest.MonkeyPatch.context() as m:
+        if where == "publish":
+            def export(self, uri):
+                raise KeyboardInterrupt
+            m.setattr(Token, "public_pem", export)
+        else:  # the key is made, then Ctrl-C lands before pkcs11-tool's end is seen
+            real = Token.tool_run
+
+            def tool_run(self, what, uri, args, **kw):
+                out = real(self, what, uri, args, **kw)
+                if "--keypairgen" in args:
+                    raise KeyboardInterrupt
+                return out
+            m.setattr(Token, "tool_run", tool_run)
+        r = run_cli("--json", "keygen", "--pkcs11", uri, str(d), env=hsm.env)
+    assert r.returncode == 130, r.stderr
+    holds = "may hold" if where == "keypairgen" else "holds"
+    error = json.loads(r.stdout)["error"]
+    assert error["message"].startswith(
+        f"interrupted; no file was written; token '{hsm.token}' {holds} the new key {uri} "
+    )
+    assert "label 'cut-key', id 7a01" in error["message"]
+    assert PIN not in r.stdout + r.stderr
+    assert not d.exists() or list(d.iterdir()) == []
+    assert labels_and_ids(hsm) - before == {
+        ("Private Key", "cut-key", "7a01"), ("Public Key", "cut-key", "7a01")
+    }
+    for kind in ("privkey", "pubkey"):
+        argv = list(error["fix"])
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) == before
+
+
 def _rollback_fails(m: pytest.MonkeyPatch) -> None:
     from qredo_openssl._files import Publisher
 

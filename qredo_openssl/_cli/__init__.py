@@ -19,7 +19,7 @@ from .._defaults import DEFAULT_TIMEOUT
 from .._errors import EXIT_INTERRUPTED, Interrupted, QredoOpenSSLError, UsageError
 from .._ui import Output
 from .._version import __version__
-from ._base import Command, Handler, Parser, common, error_message
+from ._base import Command, Handler, Parser, common, error_message, with_fix
 
 # The command modules, in the order of the help, and the commands each registers. A run
 # imports and builds only its command's module: each costs milliseconds at every start.
@@ -155,9 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QredoOpenSSLError as exc:
         out.error(exc.exit_code, error_message(exc), exc.fix)
         return exc.exit_code
-    except (KeyboardInterrupt, Interrupted):
-        # Claim nothing about files: a command that had finished writing keeps what it wrote.
-        out.error(EXIT_INTERRUPTED, "interrupted")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # Claim nothing about files: a command that had finished writing keeps what it wrote,
+        # unless the step interrupted said what it left (an Interrupted with a message).
+        said = str(exc) if isinstance(exc, Interrupted) else ""
+        fix = exc.fix if isinstance(exc, Interrupted) else None
+        msg = f"interrupted; {said}" if said else "interrupted"
+        out.error(EXIT_INTERRUPTED, with_fix(msg, fix), fix)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1
