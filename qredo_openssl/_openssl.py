@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -95,14 +96,40 @@ def find_openssl(explicit: str | None = None, environ: Mapping[str, str] | None 
     )
 
 
-@dataclass(frozen=True)
 class OpenSSL:
-    """A resolved OpenSSL binary and its parsed version."""
+    """A resolved OpenSSL binary and its parsed version.
 
-    path: str
-    version: OpenSSLVersion
-    timeout: float = DEFAULT_TIMEOUT
-    source: str = "PATH"  # --openssl, QREDO_OPENSSL or PATH: where ``path`` came from
+    Made with no ``version``, it asks ``openssl version`` on first use of :attr:`version`
+    (once, whichever thread asks first), and an OpenSSL that prints no version raises then:
+    a command that may never need the version (``check`` of a sound pair, ``send``) runs one
+    child fewer. Read-only; equal only to itself.
+    """
+
+    __slots__ = ("_lock", "_version", "path", "source", "timeout")
+
+    def __init__(
+        self,
+        path: str,
+        version: OpenSSLVersion | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        source: str = "PATH",  # --openssl, QREDO_OPENSSL or PATH: where ``path`` came from
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.source = source
+        self._version = version
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> OpenSSLVersion:
+        with self._lock:
+            if self._version is None:
+                self._version = read_version(self.path, self.timeout)
+            return self._version
+
+    def __repr__(self) -> str:
+        known = repr(self._version.raw) if self._version is not None else "not read yet"
+        return f"OpenSSL({self.path!r}, version {known}, from {self.source})"
 
     def run(
         self,
@@ -118,22 +145,23 @@ class OpenSSL:
         )  # fmt: skip
 
 
-def detect_openssl(explicit: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> OpenSSL:
-    """Find OpenSSL (``--openssl``, ``$QREDO_OPENSSL``, ``PATH``) and read its version."""
-    source = openssl_source(explicit)
-    path = find_openssl(explicit)
+def read_version(path: str, timeout: float = DEFAULT_TIMEOUT) -> OpenSSLVersion:
+    """``path version``, parsed; an OpenSSL that prints no version is an :class:`OpenSSLError`."""
     out = run(path, ["version"], error=OpenSSLError, timeout=timeout)
     if not out.stdout.strip():  # e.g. /bin/true: runs, says nothing, is no OpenSSL
         msg = f"{path} printed no version for 'openssl version': is it OpenSSL?"
         raise OpenSSLError(msg, argv=out.argv, returncode=out.returncode, stderr=text(out.stderr))
-    return OpenSSL(path, parse_version(text(out.stdout)), timeout, source)
+    return parse_version(text(out.stdout))
 
 
-def signing_openssl(explicit: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> OpenSSL:
-    """OpenSSL found but not asked its version: ``openssl dgst -sign`` with a PEM key is
-    alike in every OpenSSL and LibreSSL, so sending a request runs one child fewer."""
+def detect_openssl(
+    explicit: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, lazy: bool = False
+) -> OpenSSL:
+    """Find OpenSSL (``--openssl``, ``$QREDO_OPENSSL``, ``PATH``) and read its version (with
+    ``lazy``: on first use, see :class:`OpenSSL`)."""
+    source = openssl_source(explicit)
     path = find_openssl(explicit)
-    return OpenSSL(path, parse_version(""), timeout, openssl_source(explicit))
+    return OpenSSL(path, None if lazy else read_version(path, timeout), timeout, source)
 
 
 @dataclass(frozen=True)

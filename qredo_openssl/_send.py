@@ -167,16 +167,12 @@ def signer_for_sending(
 ) -> Signer:
     """The signer of ``send``: the API key required (:func:`resolve_apikey`), ``cacert``
     checked, then the key. ``openssl`` is the explicit binary (else ``$QREDO_OPENSSL``,
-    ``PATH``); its version is read only for a token key, whose route depends on it."""
-    from ._openssl import detect_openssl, signing_openssl
-    from ._pkcs11 import has_token_key
+    ``PATH``); its version is read only if needed (a token key's route depends on it)."""
+    from ._openssl import detect_openssl
 
     apikey, source = resolve_apikey(paths.apikey)
     check_cacert(cacert)
-    if has_token_key(paths):
-        found = detect_openssl(openssl, timeout=timeout)
-    else:
-        found = signing_openssl(openssl, timeout=timeout)
+    found = detect_openssl(openssl, timeout=timeout, lazy=True)
     return Signer(found, SigningKey.from_paths(paths, found, pkcs11), apikey, source)
 
 
@@ -355,7 +351,7 @@ def make_probe(
     ``cacert`` are checked now, so a form curl would rewrite is a usage error at once.
     """
     from ._curl import detect_curl
-    from ._openssl import signing_openssl
+    from ._openssl import detect_openssl
 
     target_url(url, base)
     check_cacert(cacert)
@@ -363,7 +359,7 @@ def make_probe(
     def probe(paths: KeyPaths) -> None:
         apikey, source = resolve_apikey(paths.apikey)
         key = SigningKey.pem(paths.private)
-        signer = Signer(signing_openssl(openssl, timeout=timeout), key, apikey, source)
+        signer = Signer(detect_openssl(openssl, timeout=timeout, lazy=True), key, apikey, source)
         found = detect_curl(curl, timeout=timeout)
         sender = Sender(signer, found, timeout, cacert, base=base)
         result = sender.send(url, method="GET")

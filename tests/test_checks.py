@@ -505,3 +505,43 @@ def test_bits_and_exponent_findings_are_made_in_one_module() -> None:
         if re.search(r'Finding\(\s*"private\.(bits|exponent)"', p.read_text())
     }
     assert makers == {"_checks.py"}
+
+
+def _logging_openssl(tmp_path: Path, body: str = "") -> tuple[Path, Path]:
+    """An ``openssl`` that logs its subcommand, then runs ``body`` or the real one."""
+    log = tmp_path / "calls.log"
+    exe = tmp_path / "bin" / "openssl"
+    exe.parent.mkdir()
+    run = body or f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"'
+    exe.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(log))}\n{run}\n')
+    exe.chmod(0o755)
+    return exe, log
+
+
+@pytest.mark.real_openssl
+def test_check_of_a_sound_pair_runs_one_openssl_child(keys: Keys, tmp_path: Path) -> None:
+    """``openssl version`` is asked only when a check fails: a sound pair costs one child."""
+    from helpers import key_pair
+
+    d = key_pair(tmp_path / "k", keys)
+    exe, log = _logging_openssl(tmp_path)
+    r = run_cli("check", "--openssl", str(exe), str(d))
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == ["rsa"]
+    (d / "public.pem").write_bytes(keys.public.read_bytes().replace(b"M", b"N", 1))
+    log.unlink()
+    r = run_cli("check", "--openssl", str(exe), str(d))
+    assert r.returncode == 1
+    assert log.read_text().split().count("version") == 1  # asked once a check failed
+
+
+@pytest.mark.real_openssl
+@pytest.mark.parametrize("many", [False, True], ids=["one-dir", "many-dirs"])
+def test_check_with_a_binary_that_is_no_openssl_exits_3(keys: Keys, tmp_path: Path, many) -> None:
+    from helpers import key_pair
+
+    dirs = [str(key_pair(tmp_path / f"k{i}", keys)) for i in range(2 if many else 1)]
+    exe, _ = _logging_openssl(tmp_path, "exit 0")  # runs, prints nothing: no OpenSSL
+    r = run_cli("--json", "check", "--openssl", str(exe), *dirs)
+    assert r.returncode == 3, r.stderr
+    assert "printed no version" in json.loads(r.stdout)["error"]["message"]

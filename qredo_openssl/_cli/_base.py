@@ -209,8 +209,9 @@ def key_paths(args: argparse.Namespace, directory: str) -> q.KeyPaths:
     )
 
 
-def get_openssl(args: argparse.Namespace) -> q.OpenSSL:
-    return q.detect_openssl(getattr(args, "openssl", None), timeout=args.timeout)
+def get_openssl(args: argparse.Namespace, *, lazy: bool = False) -> q.OpenSSL:
+    """The OpenSSL of ``--openssl``; ``lazy``: its version read on first use."""
+    return q.detect_openssl(getattr(args, "openssl", None), timeout=args.timeout, lazy=lazy)
 
 
 def openssl_doc(openssl: q.OpenSSL, decision: TraditionalDecision | None) -> dict[str, Any]:

@@ -104,6 +104,12 @@ def _show_findings(findings: Sequence[q.Finding], out: Output, label: str = "") 
         out.info(f"{where}all checks passed{also}", style="green")
 
 
+def _is_openssl(openssl: q.OpenSSL) -> None:
+    """When a check failed, make sure OpenSSL is one (its version read, else exit 3): failed
+    checks of a binary that is no OpenSSL would blame the key. A sound pair never asks."""
+    openssl.version  # noqa: B018
+
+
 def _existing_dir(paths: q.KeyPaths, args: argparse.Namespace) -> None:
     """A DIR that is not there is one error naming it, not a table of "no such file" fails."""
     if args.private and args.public and args.apikey:
@@ -140,7 +146,10 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
     if len(dirs) == 1:
         paths = key_paths(args, dirs[0])
         _existing_dir(paths, args)
-        findings = q.check_keys(paths, get_openssl(args), pkcs11=pkcs11_config(args))
+        openssl = get_openssl(args, lazy=True)
+        findings = q.check_keys(paths, openssl, pkcs11=pkcs11_config(args))
+        if _failed(findings):
+            _is_openssl(openssl)
         if out.json_mode:
             out.json(findings_doc(findings))
         else:
@@ -152,7 +161,7 @@ def cmd_check(args: argparse.Namespace, out: Output) -> int:
 def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> int:
     from .._run import map_in_threads
 
-    openssl = get_openssl(args)  # once: every DIR is checked with the same OpenSSL
+    openssl = get_openssl(args, lazy=True)  # once: every DIR is checked with the same OpenSSL
     pkcs11 = pkcs11_config(args)
 
     def one(d: str) -> _DirResult:
@@ -176,6 +185,8 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
 
     results = map_in_threads(one, list(dirs), jobs=args.jobs, on_result=show)
     failed = [r for r in results if not r.ok]
+    if failed:
+        _is_openssl(openssl)
     if out.json_mode:
         out.json({"dirs": [r.doc() for r in results]})
     elif failed:
