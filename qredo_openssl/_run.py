@@ -227,8 +227,8 @@ def run(
             with _live_lock:
                 _live.pop(id(proc), None)
                 fd = _pidfds.pop(id(proc), None)
-            if fd is not None and fd != _REAPED:
-                os.close(fd)
+                if fd is not None and fd != _REAPED:
+                    os.close(fd)
 
 
 def _wait(
@@ -277,15 +277,17 @@ def _kill(proc: Any) -> None:
     ``wait`` in another thread), that pid may already be another process's. A pidfd names
     this child only; signalling a reaped one fails (ESRCH), harmlessly.
     """
-    with _live_lock:
+    with _live_lock:  # held while signalling: run() closes the fd only under it
+        if id(proc) not in _live:
+            return  # run() is done with it: reaped, and its pidfd closed
         fd = _pidfds.get(id(proc))
-    if fd == _REAPED:
-        return
-    with contextlib.suppress(OSError):  # it exited (and was reaped) meanwhile
-        if fd is None:
-            proc.kill()
-        else:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)  # type: ignore[attr-defined,unused-ignore]
+        if fd == _REAPED:
+            return
+        with contextlib.suppress(OSError):  # it exited (and was reaped) meanwhile
+            if fd is None:
+                proc.kill()
+            else:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)  # type: ignore[attr-defined,unused-ignore]
 
 
 _REAPED = -1  # in _pidfds: the child was gone before its pidfd could be opened

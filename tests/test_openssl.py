@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -249,7 +250,17 @@ def test_silent_binary_is_not_openssl(tmp_path):
         q.detect_openssl(str(fake))
 
 
-@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfds here (Linux >= 5.3)")
+def _pidfds_here() -> bool:
+    from qredo_openssl import _run as run_module
+
+    fd = run_module._open_pidfd(os.getpid())
+    if fd is None or fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+@pytest.mark.skipif(not _pidfds_here(), reason="no pidfds here (Linux >= 5.3)")
 def test_a_reaped_child_is_never_signalled_by_its_pid(tmp_path, monkeypatch):
     """Once a child is reaped its pid may be another process's: a late kill (a timeout
     firing, Ctrl-C in another thread) goes through the child's pidfd, never ``os.kill``."""
@@ -268,7 +279,33 @@ def test_a_reaped_child_is_never_signalled_by_its_pid(tmp_path, monkeypatch):
         run_module._kill(proc)
         assert sent == []
     finally:
-        fd = run_module._pidfds.pop(id(proc), None)
-        run_module._live.pop(id(proc), None)
+        with run_module._live_lock:
+            fd = run_module._pidfds.pop(id(proc), None)
+            run_module._live.pop(id(proc), None)
         if fd is not None and fd >= 0:
             os.close(fd)
+
+
+def test_a_child_run_is_done_with_is_never_signalled(tmp_path, monkeypatch):
+    """A kill that comes after run() returned (a Ctrl-C snapshot, a timer already firing)
+    signals nothing at all: neither the pid (maybe another process's now) nor a pidfd (its
+    number maybe another child's now)."""
+    from qredo_openssl import _run as run_module
+
+    started = []
+    real_start = run_module._start
+    def start(*a):
+        started.append(real_start(*a))
+        return started[-1]
+
+    monkeypatch.setattr(run_module, "_start", start)
+    exe = _exe(tmp_path / "quick", "#!/bin/sh\nexit 0\n")
+    run_module.run(str(exe), [], tool="quick")
+    sent: list[object] = []
+    monkeypatch.setattr(os, "kill", lambda *a: sent.append(a))
+    if hasattr(signal, "pidfd_send_signal"):
+        monkeypatch.setattr(signal, "pidfd_send_signal", lambda *a: sent.append(a))
+    run_module._kill(started[0])
+    assert sent == []
+
+
