@@ -44,7 +44,7 @@ _LAZY = {
     "SendResult": "_send",
     "Sender": "_send",
     "Pkcs11Options": "_pkcs11",
-    "generate_token_key": "_pkcs11_keys",
+    "generate_token_key": "_pkcs11_keygen",
     "SignedRequest": "_sign",
     "Signer": "_sign",
     "Verification": "_sign",
@@ -94,7 +94,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors
     from ._openssl import OpenSSL as OpenSSL
     from ._openssl import detect_openssl as detect_openssl
     from ._pkcs11 import Pkcs11Options as Pkcs11Options
-    from ._pkcs11_keys import generate_token_key as generate_token_key
+    from ._pkcs11_keygen import generate_token_key as generate_token_key
     from ._repair import RepairResult as RepairResult
     from ._repair import convert_private as convert_private
     from ._repair import derive_public as derive_public

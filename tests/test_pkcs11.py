@@ -523,10 +523,10 @@ def _fail_publish(m: pytest.MonkeyPatch) -> None:
 
 
 def _checks_fail(m: pytest.MonkeyPatch) -> None:
-    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl import _pkcs11_keygen
     from qredo_openssl._checks import Finding
 
-    real = _pkcs11_keys.check_token_key
+    real = _pkcs11_keygen.check_token_key
 
     def check(paths, openssl, options=None):
         return [
@@ -535,17 +535,17 @@ def _checks_fail(m: pytest.MonkeyPatch) -> None:
             for f in real(paths, openssl, options)
         ]  # fmt: skip
 
-    m.setattr(_pkcs11_keys, "check_token_key", check)
+    m.setattr(_pkcs11_keygen, "check_token_key", check)
 
 
 def _checks_raise(m: pytest.MonkeyPatch) -> None:
-    from qredo_openssl import _pkcs11_keys
+    from qredo_openssl import _pkcs11_keygen
     from qredo_openssl._pkcs11_errors import TokenError
 
     def check(paths, openssl, options=None):
         raise TokenError("listing the objects of token failed: fake")
 
-    m.setattr(_pkcs11_keys, "check_token_key", check)
+    m.setattr(_pkcs11_keygen, "check_token_key", check)
 
 
 FAULTS = {
@@ -661,6 +661,31 @@ def test_keygen_interrupted_says_what_the_token_holds(hsm, tokendir, tmp_path, w
                               check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
     assert labels_and_ids(hsm) == before
+
+
+def test_keygen_interrupted_after_its_files_landed_says_they_name_the_key(hsm, tokendir, tmp_path):
+    """Ctrl-C in the last cleanup, the files already in place: the key is kept and named by
+    them, and the message says so (no removal command, which would break the DIR)."""
+    from qredo_openssl import _files
+
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=late-key;id=%7a%02"
+    real = _files.shutil.rmtree
+
+    def rmtree(path, *a, **kw):  # the staging directory in DIR, once the files are out
+        real(path, *a, **kw)
+        if os.path.dirname(path) == str(d) and (d / "private.uri").exists():
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_files.shutil, "rmtree", rmtree)
+        r = run_cli("--json", "keygen", "--pkcs11", uri, str(d), env=hsm.env)
+    assert r.returncode == 130, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert error["message"].startswith(f"interrupted; the new key {uri} was made and ")
+    assert error["fix"] == ["qredo-openssl", "check", str(d)]
+    assert (d / "private.uri").read_text().strip() == uri
+    assert run_cli("check", str(d), env=hsm.env).returncode == 0
 
 
 def _rollback_fails(m: pytest.MonkeyPatch) -> None:

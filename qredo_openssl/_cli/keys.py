@@ -235,7 +235,7 @@ class _KeygenReport:
 
 
 def _keygen_token(args: argparse.Namespace, out: Output) -> int:
-    from .._pkcs11_keys import generate_token_key
+    from .._pkcs11_keygen import generate_token_key
 
     dirs = args.dirs or ["."]
     if len(dirs) > 1 or args.force or args.dry_run:
