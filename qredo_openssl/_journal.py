@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any, Union
 
 from ._errors import BadInputError, RefusedOverwriteError
-from ._files import ROTATE_JOURNAL, backup_name, fsync_dir, write_private
+from ._files import ROTATE_JOURNAL, KeyPaths, backup_name, fsync_dir, write_private
 from ._pem import read_bounded
 
 JOURNAL_FORMAT = "qredo-openssl rotate journal"
@@ -102,19 +102,21 @@ def half_done(directory: str) -> bool:
         return True
 
 
-def refuse_mid_rotation(directory: str) -> None:
+def refuse_mid_rotation(paths: KeyPaths) -> None:
     """Refuse to write a key file where a finish was cut off half-way (exit 4).
 
     The journal recognises the pair by its bytes: a new key, a rewritten ``public.pem`` or a
     converted ``private.pem`` would leave the rotation impossible to complete. Its fix is the
-    one safe step, ``rotate finish``.
+    one safe step, ``rotate finish``. DIR and the folders of the key files are all looked at.
     """
-    if os.path.lexists(os.path.join(directory, ROTATE_JOURNAL)) and half_done(directory):
-        msg = f"{directory} is mid-rotation (a rotate finish was cut off half-way): "
-        msg += "complete it before changing its keys"
-        err = RefusedOverwriteError(msg)
-        err.fix = ("qredo-openssl", "rotate", "finish", directory)
-        raise err
+    folders = (paths.dir, os.path.dirname(paths.private), os.path.dirname(paths.public))
+    for directory in dict.fromkeys(d or "." for d in folders):
+        if os.path.lexists(os.path.join(directory, ROTATE_JOURNAL)) and half_done(directory):
+            msg = f"{directory} is mid-rotation (a rotate finish was cut off half-way): "
+            msg += "complete it before changing its keys"
+            err = RefusedOverwriteError(msg)
+            err.fix = ("qredo-openssl", "rotate", "finish", directory)
+            raise err
 
 
 def write_journal(path: str, journal: Journal) -> None:

@@ -141,7 +141,7 @@ def generate_keypair(
     if force and skip_existing:
         msg = "--skip-existing and --force cannot be given together"
         raise UsageError(msg)
-    refuse_mid_rotation(paths.dir)
+    refuse_mid_rotation(paths)
     if skip_existing and any(os.path.lexists(p) for p in (paths.private, paths.public)):
         return _existing(paths, plan)
     try:

@@ -105,7 +105,7 @@ class OpenSSL:
     child fewer. Read-only; equal only to itself.
     """
 
-    __slots__ = ("_lock", "_version", "path", "source", "timeout")
+    __slots__ = ("_failure", "_lock", "_version", "path", "source", "timeout")
 
     def __init__(
         self,
@@ -118,13 +118,20 @@ class OpenSSL:
         self.timeout = timeout
         self.source = source
         self._version = version
+        self._failure: OpenSSLError | None = None
         self._lock = threading.Lock()
 
     @property
     def version(self) -> OpenSSLVersion:
         with self._lock:
+            if self._failure is not None:  # asked once: a hung binary costs one timeout
+                raise self._failure
             if self._version is None:
-                self._version = read_version(self.path, self.timeout)
+                try:
+                    self._version = read_version(self.path, self.timeout)
+                except OpenSSLError as exc:
+                    self._failure = exc
+                    raise
             return self._version
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ from ._checks import Finding
 from ._defaults import ALLOWED_BITS, QREDO_BITS
 from ._errors import BadInputError, Interrupted, QredoOpenSSLError, RefusedOverwriteError
 from ._files import KeyPaths, write_error
+from ._journal import refuse_mid_rotation
 from ._openssl import OpenSSL
 from ._pem import fingerprint, read_bounded
 from ._pkcs11 import PIN_ENV, Pkcs11Options, Token, open_token, uri_file
@@ -61,6 +62,7 @@ def generate_token_key(
     given_id = uri.id is not None
     if uri.id is None:
         uri = Pkcs11Uri((*uri.path, ("id", secrets.token_bytes(8))), uri.query)
+    refuse_mid_rotation(paths)
     name = uri_file(paths)
     taken_files = [p for p in (paths.private, name, paths.public) if os.path.lexists(p)]
     if taken_files:

@@ -65,7 +65,7 @@ def derive_public(
             paths, openssl, force=force, options=pkcs11
         )
         return RepairResult(paths.public if written else None, tuple(backups), (), message)
-    refuse_mid_rotation(paths.dir)
+    refuse_mid_rotation(paths)
     if os.path.lexists(paths.public):
         try:
             found, derived = _usable_private(paths, openssl)
@@ -125,7 +125,7 @@ def convert_private(
     writes PKCS#1 and rejects the flag). The key itself is unchanged, so ``public.pem`` still
     matches.
     """
-    refuse_mid_rotation(paths.dir)
+    refuse_mid_rotation(paths)
     found, derived = _usable_private(paths, openssl)
     if found["private.format"].status != "fail":
         return RepairResult(None, (), (), f"{paths.private} is already PKCS#1: nothing to do")

@@ -545,3 +545,7 @@ def test_check_with_a_binary_that_is_no_openssl_exits_3(keys: Keys, tmp_path: Pa
     r = run_cli("--json", "check", "--openssl", str(exe), *dirs)
     assert r.returncode == 3, r.stderr
     assert "printed no version" in json.loads(r.stdout)["error"]["message"]
+    r = run_cli("check", "--openssl", str(exe), *dirs)
+    assert r.returncode == 3, r.stderr
+    assert "printed no version" in r.stderr
+    assert "corrupt" not in r.stdout + r.stderr  # no table blamed the keys first

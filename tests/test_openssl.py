@@ -309,3 +309,16 @@ def test_a_child_run_is_done_with_is_never_signalled(tmp_path, monkeypatch):
     assert sent == []
 
 
+
+
+def test_a_lazy_version_is_asked_once_even_when_it_fails(tmp_path):
+    """Every later use sees the first failure again: a binary that hangs or says nothing is
+    asked once, not once per DIR or per thread."""
+    log = tmp_path / "calls.log"
+    fake = _exe(tmp_path / "openssl", f"#!/bin/sh\necho \"$1\" >> {log}\nexit 0\n")
+    openssl = q.detect_openssl(str(fake), lazy=True)
+    assert not log.exists()  # nothing asked yet
+    for _ in range(3):
+        with pytest.raises(q.OpenSSLError, match="printed no version"):
+            openssl.version  # noqa: B018
+    assert log.read_text().split() == ["version"]

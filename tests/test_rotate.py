@@ -763,6 +763,7 @@ def test_check_on_a_half_done_finish_advises_rotate_finish(rotating: Path, keys,
         pytest.param(["keygen", "--force"], id="keygen-force"),
         pytest.param(["keygen", "--skip-existing"], id="keygen-skip-existing"),
         pytest.param(["keygen"], id="keygen"),
+        pytest.param(["keygen", "--pkcs11", "pkcs11:token=t;object=k"], id="keygen-pkcs11"),
     ],
 )
 def test_nothing_rewrites_a_key_of_a_half_done_finish(rotating: Path, keys, new_key, argv):
@@ -783,6 +784,21 @@ def test_nothing_rewrites_a_key_of_a_half_done_finish(rotating: Path, keys, new_
     assert {p.name: p.read_bytes() for p in rotating.iterdir() if p.is_file()} == before
     assert run_cli("rotate", "finish", str(rotating)).returncode == 0
     assert_rotated(rotating, keys.pkcs1.read_bytes(), keys.public.read_bytes(), new_key)
+
+
+def test_a_key_file_named_in_a_half_done_dir_is_refused_too(rotating: Path, tmp_path: Path):
+    """--private/--public naming files of a DIR mid-rotation, from another DIR: refused."""
+    paths = q.KeyPaths.in_dir(str(rotating))
+    with pytest.MonkeyPatch.context() as m:
+        crash_at(m, rotating, 4)
+        with pytest.raises(Crash):
+            _rotate.finish_rotation(paths, q.detect_openssl())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("pubkey", "--force", "--private", str(rotating / "private.pem"),
+                "--public", str(rotating / "public.pem"), str(elsewhere))  # fmt: skip
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.rstrip().endswith(f"; run: qredo-openssl rotate finish {rotating}")
 
 
 def _refusal(call) -> QredoOpenSSLError:

@@ -55,8 +55,8 @@ def _groups_for(argv: Sequence[str]) -> Sequence[str]:
     it; main() then parses again with every command.
     """
     for arg in argv:
-        if arg in _HELP or arg == "--":
-            break
+        if arg in _HELP or arg == "--" or (arg[:1] == "-" and arg[1:2] != "-" and "h" in arg):
+            break  # the help (-h, or -qh: short flags together) lists every command
         if arg == "--version":
             return ()
         group = next((g for g, names in GROUPS.items() if arg in names), None)

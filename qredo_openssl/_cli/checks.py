@@ -173,6 +173,8 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
             return _DirResult(d, error=exc)
 
     def show(r: _DirResult) -> None:  # in DIR order, as soon as each is done
+        if not r.ok:
+            _is_openssl(openssl)  # before a table blames the keys
         if out.json_mode:
             return
         if r.error is not None:
@@ -185,8 +187,6 @@ def _check_many(dirs: Sequence[str], args: argparse.Namespace, out: Output) -> i
 
     results = map_in_threads(one, list(dirs), jobs=args.jobs, on_result=show)
     failed = [r for r in results if not r.ok]
-    if failed:
-        _is_openssl(openssl)
     if out.json_mode:
         out.json({"dirs": [r.doc() for r in results]})
     elif failed:
