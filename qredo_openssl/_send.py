@@ -282,6 +282,7 @@ class Sender:
         """Sign as :meth:`send` would (no API key needed: nothing is sent) and return the curl
         command it would run, the API key redacted from its config; its private directory
         is named ``$TMPDIR/.qredo-openssl-XXXXXX`` (made only when sending)."""
+        check_body_allowed(method, body is not None)
         signed = self.signer.sign(self.target(url), body or b"", method=method,
                                   has_body=body is not None, body_file=body_file)  # fmt: skip
         tmp = self.tmpdir or os.environ.get("TMPDIR") or tempfile.gettempdir()

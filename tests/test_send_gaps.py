@@ -23,6 +23,7 @@ import pytest
 from conftest import Keys, run_cli
 from qredo_server import TLS, QredoServer, make_tls_material
 
+import qredo_openssl as q
 import qredo_openssl._cli as cli_package
 
 CURL = shutil.which("curl")
@@ -118,6 +119,15 @@ def test_head_without_a_body_is_still_sent_as_a_head(
     doc = json.loads(r.stdout)
     assert doc["request"]["method"] == "HEAD"
     assert doc["status"] == 501
+
+
+def test_the_library_refuses_head_with_a_body_for_a_dry_run_too(key_dir: Path) -> None:
+    """``Sender.dry_run`` and ``Sender.send`` agree: a HEAD carries no body (UsageError)."""
+    signer = q.Signer.from_paths(q.KeyPaths.in_dir(str(key_dir)), q.detect_openssl(lazy=True))
+    sender = q.Sender(signer, q.detect_curl(), timeout=10)
+    for call in (sender.dry_run, sender.send):
+        with pytest.raises(q.UsageError, match="HEAD"):
+            call("https://127.0.0.1/x", b"{}", method="HEAD")
 
 
 def test_request_dir_with_head_and_a_body_is_a_usage_error(tmp_path: Path, key_dir: Path) -> None:
