@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from ._defaults import DEFAULT_TIMEOUT
 from ._errors import BadInputError, CurlError, NoAnswerError
 from ._files import private_tempdir
-from ._run import Completed, find_tool, headline, run, text, tool_source
+from ._run import Completed, headline, run, text
+from ._tools import find_tool, tool_source
 
 ENV_VAR = "QREDO_CURL"
 MIN_VERSION = (7, 76)  # --fail-with-body, which the printed curl lines use

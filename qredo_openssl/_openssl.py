@@ -14,7 +14,8 @@ from typing import Literal
 
 from ._defaults import DEFAULT_TIMEOUT
 from ._errors import OpenSSLError
-from ._run import Completed, find_tool, run, text, tool_source
+from ._run import Completed, run, text
+from ._tools import find_tool, tool_source
 
 Flavour = Literal["OpenSSL", "LibreSSL", "unknown"]
 TraditionalMode = Literal["auto", "always", "never"]

@@ -26,7 +26,8 @@ from ._openssl import OpenSSL
 from ._pem import read_bounded
 from ._pkcs11_errors import PIN_REFUSED_RE, TokenError, token_error
 from ._pkcs11_uri import Pkcs11Uri, read_uri_file
-from ._run import Completed, find_tool, run, text
+from ._run import Completed, run, text
+from ._tools import find_tool
 
 Route = Literal["engine", "provider"]
 ROUTES: tuple[Route, ...] = ("engine", "provider")
