@@ -125,13 +125,17 @@ class OpenSSL:
     @property
     def version(self) -> OpenSSLVersion:
         with self._lock:
-            if self._failure is not None:  # asked once: a hung binary costs one timeout
-                raise self._failure
+            failed = self._failure
+            if failed is not None:  # asked once: a hung binary costs one timeout, not N
+                raise OpenSSLError(str(failed), argv=failed.argv, returncode=failed.returncode,
+                                   stderr=failed.stderr, timed_out=failed.timed_out)  # fmt: skip
             if self._version is None:
                 try:
                     self._version = read_version(self.path, self.timeout)
                 except OpenSSLError as exc:
-                    self._failure = exc
+                    killed = exc.returncode is not None and exc.returncode < 0
+                    if exc.timed_out or not killed:  # killed by us (Ctrl-C): ask again later
+                        self._failure = exc
                     raise
             return self._version
 

@@ -98,6 +98,7 @@ def generate_token_key(
             raise TokenError(msg)
 
     holds = "may hold"  # an interrupted pkcs11-tool may or may not have made it
+    failure = ""  # a step that failed before the interrupt, whose removal it cut short
     try:
         token.tool_run(f"generating an RSA key in token {uri.token!r}", uri, keypairgen,
                        login=True)  # fmt: skip
@@ -107,6 +108,7 @@ def generate_token_key(
                                      verify=verify)  # fmt: skip
         except (QredoOpenSSLError, OSError) as exc:
             error = exc if isinstance(exc, QredoOpenSSLError) else write_error(paths.public, exc)
+            failure, holds = f"{error}; removing the new key was cut off; ", "may still hold"
             raise _undo_keygen(token, uri, paths, error, options) from None
     except (KeyboardInterrupt, Interrupted):
         # Nothing is removed on the way out (a second Ctrl-C would cut that short); what is
@@ -116,7 +118,7 @@ def generate_token_key(
             stopped = Interrupted(f"the new key {uri} was made and {name} names it")
             stopped.fix = ("qredo-openssl", "check", paths.dir)
         else:
-            msg = "no file was written" if not left else f"{', '.join(left)} left behind"
+            msg = failure + ("no file is left" if not left else f"{', '.join(left)} left behind")
             msg += f"; token {uri.token!r} {holds} the new key {_named(uri)}; remove the "
             msg += "private one (then the public one: the same with --type pubkey)"
             stopped = Interrupted(msg)

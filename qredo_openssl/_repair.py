@@ -60,12 +60,12 @@ def derive_public(
     (nothing written, ``written`` None), with or without ``force``. With ``DIR/private.uri``,
     the public key is exported from the token key it names.
     """
+    refuse_mid_rotation(paths)
     if has_token_key(paths):
         message, backups, written = derive_token_public(
             paths, openssl, force=force, options=pkcs11
         )
         return RepairResult(paths.public if written else None, tuple(backups), (), message)
-    refuse_mid_rotation(paths)
     if os.path.lexists(paths.public):
         try:
             found, derived = _usable_private(paths, openssl)

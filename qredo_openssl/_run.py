@@ -68,10 +68,10 @@ def killing_children() -> Iterator[None]:
     A worker thread may be between fork and registration when the interrupt lands: the
     flag catches its child. The block is where the caller waits for its workers.
     """
-    with _live_lock:
-        _stopping.set()
-        procs = list(_live.values())
-    try:
+    try:  # set inside: a second interrupt right after it still clears it on the way out
+        with _live_lock:
+            _stopping.set()
+            procs = list(_live.values())
         for proc in procs:
             _kill(proc)
         yield

@@ -322,3 +322,18 @@ def test_a_lazy_version_is_asked_once_even_when_it_fails(tmp_path):
         with pytest.raises(q.OpenSSLError, match="printed no version"):
             openssl.version  # noqa: B018
     assert log.read_text().split() == ["version"]
+
+
+def test_a_lazy_version_killed_by_a_signal_is_asked_again(tmp_path):
+    """A version run killed by a signal (our own Ctrl-C kills children) says nothing about
+    the binary: the next use asks again. Each failure is a fresh exception."""
+    log = tmp_path / "calls.log"
+    fake = _exe(tmp_path / "openssl", f"#!/bin/sh\necho \"$1\" >> {log}\nkill -9 $$\n")
+    openssl = q.detect_openssl(str(fake), lazy=True)
+    errors = []
+    for _ in range(2):
+        with pytest.raises(q.OpenSSLError, match="killed by signal 9") as info:
+            openssl.version  # noqa: B018
+        errors.append(info.value)
+    assert log.read_text().split() == ["version", "version"]
+    assert errors[0] is not errors[1]

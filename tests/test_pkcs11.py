@@ -646,7 +646,7 @@ def test_keygen_interrupted_says_what_the_token_holds(hsm, tokendir, tmp_path, w
     holds = "may hold" if where == "keypairgen" else "holds"
     error = json.loads(r.stdout)["error"]
     assert error["message"].startswith(
-        f"interrupted; no file was written; token '{hsm.token}' {holds} the new key {uri} "
+        f"interrupted; no file is left; token '{hsm.token}' {holds} the new key {uri} "
     )
     assert "label 'cut-key', id 7a01" in error["message"]
     assert PIN not in r.stdout + r.stderr
@@ -686,6 +686,40 @@ def test_keygen_interrupted_after_its_files_landed_says_they_name_the_key(hsm, t
     assert error["fix"] == ["qredo-openssl", "check", str(d)]
     assert (d / "private.uri").read_text().strip() == uri
     assert run_cli("check", str(d), env=hsm.env).returncode == 0
+
+
+def test_keygen_interrupted_while_undoing_a_failure_says_both(hsm, tokendir, tmp_path):
+    """A check fails, and Ctrl-C lands while the new key is being removed: the message keeps
+    the failure, says the token may still hold the key, and its fix removes it."""
+    from qredo_openssl._pkcs11 import Token
+
+    before = labels_and_ids(hsm)
+    d = tmp_path / "k"
+    uri = f"pkcs11:token={hsm.token};object=undo-key;id=%7a%03"
+    real = Token.tool_run
+
+    def tool_run(self, what, uri, args, **kw):
+        if "--delete-object" in args:
+            raise KeyboardInterrupt
+        return real(self, what, uri, args, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        _checks_fail(m)
+        m.setattr(Token, "tool_run", tool_run)
+        r = run_cli("--json", "keygen", "--pkcs11", uri, str(d), env=hsm.env)
+    assert r.returncode == 130, r.stderr
+    error = json.loads(r.stdout)["error"]
+    assert "failed its check private.extractable" in error["message"]
+    assert "removing the new key was cut off; no file is left;" in error["message"]
+    assert f"'{hsm.token}' may still hold the new key {uri} " in error["message"]
+    assert not d.exists() or list(d.iterdir()) == []
+    for kind in ("privkey", "pubkey"):
+        argv = list(error["fix"])
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert labels_and_ids(hsm) == before
 
 
 def _rollback_fails(m: pytest.MonkeyPatch) -> None:

@@ -799,6 +799,12 @@ def test_a_key_file_named_in_a_half_done_dir_is_refused_too(rotating: Path, tmp_
                 "--public", str(rotating / "public.pem"), str(elsewhere))  # fmt: skip
     assert r.returncode == 4, r.stderr
     assert r.stderr.rstrip().endswith(f"; run: qredo-openssl rotate finish {rotating}")
+    token_dir = tmp_path / "token"  # a DIR naming a token key writes public.pem elsewhere
+    token_dir.mkdir()
+    (token_dir / "private.uri").write_text("pkcs11:token=t;object=k\n")
+    r = run_cli("pubkey", "--force", "--public", str(rotating / "public.pem"), str(token_dir))
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.rstrip().endswith(f"; run: qredo-openssl rotate finish {rotating}")
 
 
 def _refusal(call) -> QredoOpenSSLError:
