@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -48,3 +49,14 @@ def key_pair(d: Path, keys: Keys) -> Path:
     shutil.copyfile(keys.public, d / "public.pem")
     (d / "public.pem").chmod(0o644)
     return d
+
+
+def logging_openssl(tmp_path: Path, then: str) -> tuple[Path, Path]:
+    """An ``openssl`` that notes its subcommand in a log, then runs the shell code ``then``
+    (``exec REAL "$@"``, or ``exit 0`` for a binary that is no OpenSSL); and that log."""
+    log = tmp_path / "calls.log"
+    exe = tmp_path / "bin" / "openssl"
+    exe.parent.mkdir()
+    exe.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(log))}\n{then}\n')
+    exe.chmod(0o755)
+    return exe, log

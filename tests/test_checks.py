@@ -508,14 +508,9 @@ def test_bits_and_exponent_findings_are_made_in_one_module() -> None:
 
 
 def _logging_openssl(tmp_path: Path, body: str = "") -> tuple[Path, Path]:
-    """An ``openssl`` that logs its subcommand, then runs ``body`` or the real one."""
-    log = tmp_path / "calls.log"
-    exe = tmp_path / "bin" / "openssl"
-    exe.parent.mkdir()
-    run = body or f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"'
-    exe.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(log))}\n{run}\n')
-    exe.chmod(0o755)
-    return exe, log
+    from helpers import logging_openssl
+
+    return logging_openssl(tmp_path, body or f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"')
 
 
 @pytest.mark.real_openssl

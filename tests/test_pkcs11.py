@@ -575,6 +575,17 @@ def test_keygen_removes_its_new_key_when_a_later_step_fails(hsm, tokendir, tmp_p
     assert not d.exists() or sorted(p.name for p in d.iterdir()) == []
 
 
+def run_removal_fix(hsm, fix: list[str]) -> None:
+    """Run a printed ``pkcs11-tool --delete-object --type privkey`` fix, then the same for the
+    public key object, as its message says; each must succeed."""
+    for kind in ("privkey", "pubkey"):
+        argv = list(fix)
+        argv[argv.index("privkey")] = kind
+        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
+                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+
 def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path):
     """The token refuses the removal: the error names the objects left and carries the
     command that removes them, which runs as printed."""
@@ -608,13 +619,7 @@ def test_keygen_says_what_is_left_when_the_removal_fails(hsm, tokendir, tmp_path
         "--delete-object", "--type", "privkey", "--id", "5e17", "--label", "left-key",
     ]  # fmt: skip
     assert PIN not in line
-    env = hsm.child_env()
-    for kind in ("privkey", "pubkey"):
-        argv = [PKCS11_TOOL, *fix[1:]]
-        argv[argv.index("privkey")] = kind
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    run_removal_fix(hsm, [PKCS11_TOOL, *fix[1:]])
     assert labels_and_ids(hsm) == before
 
 
@@ -654,12 +659,7 @@ def test_keygen_interrupted_says_what_the_token_holds(hsm, tokendir, tmp_path, w
     assert labels_and_ids(hsm) - before == {
         ("Private Key", "cut-key", "7a01"), ("Public Key", "cut-key", "7a01")
     }
-    for kind in ("privkey", "pubkey"):
-        argv = list(error["fix"])
-        argv[argv.index("privkey")] = kind
-        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
-                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    run_removal_fix(hsm, error["fix"])
     assert labels_and_ids(hsm) == before
 
 
@@ -713,12 +713,7 @@ def test_keygen_interrupted_while_undoing_a_failure_says_both(hsm, tokendir, tmp
     assert "removing the new key was cut off; no file is left;" in error["message"]
     assert f"'{hsm.token}' may still hold the new key {uri} " in error["message"]
     assert not d.exists() or list(d.iterdir()) == []
-    for kind in ("privkey", "pubkey"):
-        argv = list(error["fix"])
-        argv[argv.index("privkey")] = kind
-        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
-                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    run_removal_fix(hsm, error["fix"])
     assert labels_and_ids(hsm) == before
 
 
@@ -763,10 +758,5 @@ def test_keygen_removes_nothing_when_removal_is_unsafe(hsm, tokendir, tmp_path, 
     others = {("Private Key", label, "99"), ("Public Key", label, "99")}
     assert labels_and_ids(hsm) - before == (ours if unsafe == "file-left" else ours | others)
     fix = shlex.split(line.rsplit("; run: ", 1)[1])
-    for kind in ("privkey", "pubkey"):  # the fix removes ours, and only ours
-        argv = [*fix]
-        argv[argv.index("privkey")] = kind
-        done = subprocess.run(argv, env=hsm.child_env(), capture_output=True, text=True,
-                              check=False, stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    run_removal_fix(hsm, fix)  # it removes ours, and only ours
     assert labels_and_ids(hsm) - before == (set() if unsafe == "file-left" else others)

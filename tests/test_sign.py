@@ -727,15 +727,10 @@ def test_closed_stdin_is_bad_input(tmp_path, keys):
 @pytest.mark.real_openssl
 def test_sign_and_verify_of_a_pem_key_run_one_openssl_child(keys, tmp_path):
     """One request signed or verified is one ``openssl dgst``: the version is never asked."""
-    from helpers import key_pair
+    from helpers import key_pair, logging_openssl
 
     d = key_pair(tmp_path / "k", keys)
-    log = tmp_path / "calls.log"
-    exe = tmp_path / "bin" / "openssl"
-    exe.parent.mkdir()
-    exe.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(log))}\n'
-                   f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"\n')  # fmt: skip
-    exe.chmod(0o755)
+    exe, log = logging_openssl(tmp_path, f'exec {shlex.quote(str(REAL_OPENSSL))} "$@"')
     url = "https://play-api.qredo.network/api/v1/p/company"
     r = run_cli("--json", "sign", "--openssl", str(exe), "--url", url, "--timestamp", "1700000000",
                 str(d))  # fmt: skip

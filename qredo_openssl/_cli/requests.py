@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import qredo_openssl as q
 
@@ -17,7 +16,6 @@ from .._ui import Output
 from ._base import (
     Command,
     api_base_option,
-    error_doc,
     get_openssl,
     jobs_option,
     key_paths,
@@ -25,6 +23,7 @@ from ._base import (
     pkcs11_options,
     with_fix,
 )
+from ._render import batch_document, show_batch_line
 
 if TYPE_CHECKING:
     from .._batch import BatchItem
@@ -219,19 +218,12 @@ def _sign_batch(args: argparse.Namespace, out: Output) -> int:
     _warn_no_apikey(signer, out)
 
     def show(item: BatchItem) -> None:
-        if out.json_mode:
-            return
-        out.data(json.dumps(item.to_json()))
-        if item.error is not None:
-            out.error(item.error.exit_code, str(item.error))
+        show_batch_line(out, item)
 
     items = sign_batch(signer, lines, jobs=args.jobs, on_item=show, base=batch_base(args.batch))
-    failed = [i.error for i in items if i.error is not None]
+    failed = [i for i in items if i.error is not None]
     if out.json_mode:
-        doc: dict[str, Any] = {"results": [i.to_json() for i in items], "failed": len(failed)}
-        if failed:
-            doc["error"] = error_doc(failed[0])
-        out.json(doc)
+        out.json(batch_document(items, failed))
     return 1 if failed else 0  # each failure was reported on its own line
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import shlex
 import sys
 import threading
@@ -15,14 +14,13 @@ from .._errors import NoAnswerError, UsageError
 from .._ui import Output
 from ._base import (
     Command,
-    error_doc,
     jobs_option,
     key_paths,
     pkcs11_config,
     pkcs11_options,
     send_options,
 )
-from ._render import show_explanation
+from ._render import batch_document, show_batch_line, show_explanation
 
 if TYPE_CHECKING:
     from .._batch import SendItem
@@ -249,21 +247,11 @@ def _send_batch(args: argparse.Namespace, out: Output, sender: Sender) -> int:
     lines = read_batch(args.batch)
 
     def show(item: SendItem) -> None:
-        if out.json_mode:
-            return
-        out.data(json.dumps(item.to_json()))
-        if item.error is not None:
-            out.error(item.error.exit_code, str(item.error))
+        show_batch_line(out, item)
 
     items = send_batch(
         sender, lines, jobs=args.jobs or 1, on_item=show, base=batch_base(args.batch)
     )
-    worst = max((i.exit_code for i in items), default=0)
     if out.json_mode:
-        failed = [i for i in items if i.exit_code != 0]
-        doc: dict[str, Any] = {"results": [i.to_json() for i in items], "failed": len(failed)}
-        first = next((i.error for i in failed if i.error is not None), None)
-        if first is not None:
-            doc["error"] = error_doc(first)
-        out.json(doc)
-    return worst
+        out.json(batch_document(items, [i for i in items if i.exit_code != 0]))
+    return max((i.exit_code for i in items), default=0)
