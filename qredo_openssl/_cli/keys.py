@@ -51,7 +51,8 @@ def register(command: Command) -> None:
             "qredo-openssl keygen -f keys/    # replace, keeping backups",
         ),
         exits="0 ok; 1 bad DIR or a file could not be written (disk full); 3 OpenSSL missing "
-        "or failed; 4 refused to overwrite (use -f, or --skip-existing)",
+        "or failed; 4 refused to overwrite (use -f, or --skip-existing), or DIR is mid-rotation "
+        "(rotate finish)",
     )  # fmt: skip
     p.add_argument(
         "--bits", type=int, choices=ALLOWED_BITS, default=QREDO_BITS,
@@ -74,7 +75,8 @@ def register(command: Command) -> None:
     p = command(
         "pubkey", "derive public.pem from an existing private.pem", cmd_pubkey,
         examples=("qredo-openssl pubkey keys/", "qredo-openssl pubkey -f keys/"),
-        exits="0 ok; 1 bad private key; 3 OpenSSL failed; 4 public.pem exists (use -f)",
+        exits="0 ok; 1 bad private key; 3 OpenSSL failed; 4 public.pem exists (use -f), "
+              "or DIR is mid-rotation (rotate finish)",
     )  # fmt: skip
     p.add_argument(
         "-f", "--force", action="store_true", help="replace public.pem, keeping a backup"
@@ -84,7 +86,8 @@ def register(command: Command) -> None:
     p = command(
         "convert", "rewrite a PKCS#8 private.pem as PKCS#1 (keeps a backup)", cmd_convert,
         examples=("qredo-openssl convert keys/",),
-        exits="0 converted, or already PKCS#1; 1 bad private key; 3 OpenSSL failed",
+        exits="0 converted, or already PKCS#1; 1 bad private key; 3 OpenSSL failed; "
+              "4 DIR is mid-rotation (rotate finish)",
     )  # fmt: skip
     traditional_option(p)
 
